@@ -1,0 +1,95 @@
+"""The feddistill ClientApp: private teacher training and soft-label reports (Message API)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.data_source import load_private_data
+from client.teacher import RoundInput, new_teacher, run_local_round
+from common.config import RunConfig
+from common.data import load_splits, public_hash
+from common.logs import get_logger
+from common.protocol import (
+    ARRAYS_RECORD,
+    CONTRIBUTION_RECORD,
+    METRICS_RECORD,
+    NODE_RECORD,
+    ROUND_RECORD,
+    arrays_to_record,
+    record_to_arrays,
+)
+from common.training import resolve_device
+
+log = get_logger(__name__)
+app = ClientApp()
+
+TEACHER_STATE = "teacher"
+
+
+class PublicSetMismatch(ValueError):
+    """The server's public-set hash differs from ours: refuse to take part."""
+
+
+def _run_config(context: Context) -> RunConfig:
+    return RunConfig.from_mapping(context.run_config)
+
+
+def _check_public_hash(expected: str, ours: str) -> None:
+    if expected != ours:
+        raise PublicSetMismatch(
+            f"public-set hash mismatch: server sent {expected[:16]}…, this node has {ours[:16]}…; "
+            "refusing to report soft labels on a different public set"
+        )
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server which partition or data source this node serves (and check the hash)."""
+    config = _run_config(context)
+    splits = load_splits(config)
+    _check_public_hash(str(msg.content[ROUND_RECORD]["public_hash"]), public_hash(splits.public_x))
+    private = load_private_data(config, context.node_config)
+    reply = ConfigRecord({"label": private.label, "index": private.index})
+    return Message(RecordDict({NODE_RECORD: reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Refresh the teacher on private data, then report soft labels on the queried public set."""
+    config = _run_config(context)
+    torch.set_num_threads(config.client_threads)
+    splits = load_splits(config)
+    round_config = msg.content[ROUND_RECORD]
+    _check_public_hash(str(round_config["public_hash"]), public_hash(splits.public_x))
+    private = load_private_data(config, context.node_config)
+    device = resolve_device(config.device)
+
+    teacher = new_teacher(config, splits, private.index)
+    if TEACHER_STATE in context.state:
+        teacher.load_state_dict(context.state[TEACHER_STATE].to_torch_state_dict())
+    request = _round_input(msg)
+    contribution, metrics = run_local_round(teacher, config, splits, private, request, device)
+    context.state[TEACHER_STATE] = ArrayRecord(torch_state_dict=teacher.cpu().state_dict())
+
+    content = RecordDict(
+        {
+            CONTRIBUTION_RECORD: arrays_to_record({"probs": contribution.probs}),
+            ROUND_RECORD: ConfigRecord({"weight": contribution.weight}),
+            METRICS_RECORD: MetricRecord(metrics),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def _round_input(msg: Message) -> RoundInput:
+    arrays = record_to_arrays(msg.content[ARRAYS_RECORD])
+    has_digest = "digest_probs" in arrays
+    return RoundInput(
+        round=int(msg.content[ROUND_RECORD]["round"]),
+        query_indices=arrays["query_indices"].astype(np.int64),
+        digest_indices=arrays["digest_indices"].astype(np.int64) if has_digest else None,
+        digest_probs=arrays["digest_probs"].astype(np.float32) if has_digest else None,
+    )

@@ -1,0 +1,62 @@
+"""Where a node's private data comes from: a partition of a known dataset, or a local file.
+
+Node config keys (set per SuperNode with `--node-config`, or by the simulation engine):
+`partition-id` / `num-partitions` select a partition of the configured dataset (demos and
+simulation); `data-path` points to the node's own `.npz` (arrays `x`, `y`) or parquet folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.data import load_flower_dataset, load_npz, load_splits, partition_indices
+
+
+@dataclass(frozen=True)
+class PrivateData:
+    """A node's private training set: x (N, ...) float32, y (N,) int64, and its label."""
+
+    x: np.ndarray
+    y: np.ndarray
+    label: str
+    index: int
+
+
+def load_private_data(config: RunConfig, node_config: Mapping[str, object]) -> PrivateData:
+    """Resolve this node's private data from its node config (see module docstring)."""
+    if "data-path" in node_config:
+        path = Path(str(node_config["data-path"])).expanduser()
+        x, y = _load_local(path)
+        index = int(node_config.get("partition-id", 0))  # type: ignore[arg-type]
+        return PrivateData(x=x, y=y, label=f"{path.name}", index=index)
+    if "partition-id" not in node_config:
+        raise ValueError(
+            "node config must set either 'data-path' or 'partition-id' (with 'num-partitions'); "
+            f"got keys {sorted(node_config)}"
+        )
+    partition_id = int(node_config["partition-id"])  # type: ignore[arg-type]
+    # The node's view wins: the simulation engine sets num-partitions = num-supernodes.
+    num_partitions = int(node_config.get("num-partitions", config.num_clients))  # type: ignore[arg-type]
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id}")
+    splits = load_splits(config)
+    indices = partition_indices(splits.private_y, config, num_partitions)[partition_id]
+    return PrivateData(
+        x=splits.private_x[indices],
+        y=splits.private_y[indices],
+        label=f"partition-{partition_id}",
+        index=partition_id,
+    )
+
+
+def _load_local(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.is_dir():
+        return load_flower_dataset(str(path))
+    raise ValueError(f"data-path {str(path)!r} must be an .npz file or a parquet folder")

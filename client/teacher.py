@@ -1,0 +1,91 @@
+"""One client's round: refresh the private teacher and predict soft labels on the public set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.data_source import PrivateData
+from common.config import RunConfig
+from common.data import DatasetSplits
+from common.models import build_model
+from common.protocol import Contribution
+from common.training import distill, predict_probs, seeded_generator, train_supervised
+
+
+@dataclass(frozen=True)
+class RoundInput:
+    """What the server asked for this round.
+
+    Attributes
+    ----------
+    round : 1-based round number.
+    query_indices : (Q,) int64 indices into the public set to predict on.
+    digest_indices, digest_probs : (Q',) and (Q', K), the previous ensemble, or None.
+    """
+
+    round: int
+    query_indices: np.ndarray
+    digest_indices: np.ndarray | None = None
+    digest_probs: np.ndarray | None = None
+
+
+def teacher_name(config: RunConfig, client_index: int) -> str:
+    """Teacher architecture of client `client_index`: the config list, round-robin."""
+    names = config.teacher_model_list
+    return names[client_index % len(names)]
+
+
+def new_teacher(config: RunConfig, splits: DatasetSplits, client_index: int) -> torch.nn.Module:
+    """A freshly initialised teacher, seeded by (seed, client index)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seeded_generator(config.seed, 7, client_index).initial_seed()))
+        return build_model(
+            teacher_name(config, client_index), splits.input_shape, splits.num_classes
+        )
+
+
+def run_local_round(
+    teacher: torch.nn.Module,
+    config: RunConfig,
+    splits: DatasetSplits,
+    private: PrivateData,
+    request: RoundInput,
+    device: torch.device,
+) -> tuple[Contribution, dict[str, float]]:
+    """Digest (optional), train on private data, predict on the queried public samples.
+
+    Returns the contribution (probs (Q, K) at temperature T, weight) and local metrics.
+    """
+    generator = seeded_generator(config.seed, request.round, private.index)
+    if config.digest_epochs and request.digest_probs is not None:
+        distill(
+            teacher,
+            splits.public_x[request.digest_indices],
+            request.digest_probs,
+            temperature=config.temperature,
+            epochs=config.digest_epochs,
+            lr=config.local_lr,
+            batch_size=config.local_batch_size,
+            generator=generator,
+            device=device,
+        )
+    train_loss = train_supervised(
+        teacher,
+        private.x,
+        private.y,
+        epochs=config.local_epochs,
+        lr=config.local_lr,
+        batch_size=config.local_batch_size,
+        optimizer=config.local_optimizer,
+        generator=generator,
+        device=device,
+    )
+    probs = predict_probs(
+        teacher, splits.public_x[request.query_indices], config.temperature, device
+    )
+    weight = float(len(private.y)) if config.ensemble == "weighted" else 1.0
+    metrics = {"train_loss": train_loss, "num_examples": float(len(private.y))}
+    return Contribution(probs=probs, weight=weight), metrics

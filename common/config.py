@@ -1,0 +1,206 @@
+"""The one typed run configuration, shared by the ServerApp, the ClientApp and the CLI.
+
+Keys are identical everywhere: in `[tool.flwr.app.config]` of pyproject.toml, in
+`flwr run --run-config`, in `feddistill run --set key=value` and in the named configs under
+`simulations/configs/`. Every key has a default that runs; `RunConfig.from_mapping` validates
+once and names the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("mnist1d", "mnist", "cifar10")
+DATASET_PREFIXES = ("npz:", "parquet:")
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+ENSEMBLE_RULES = ("uniform", "weighted")
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _doc(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; a run is a function of this object."""
+
+    # --- run ---
+    seed: int = _doc(0, "seed for data generation, partitioning, models and sampling")
+    rounds: int = _doc(5, "number of federated-distillation rounds")
+    out_dir: str = _doc("", "results directory; empty = runs/<timestamp> under the cwd")
+    device: str = _doc("auto", "auto (CUDA when present), cpu or cuda")
+    client_threads: int = _doc(1, "torch CPU threads per client (fixed for reproducibility)")
+    # --- data ---
+    dataset: str = _doc("mnist1d", "mnist1d | mnist | cifar10 | npz:PATH | parquet:DIR")
+    data_dir: str = _doc("", "cache for generated/downloaded data; empty = ~/.cache/feddistill")
+    num_samples: int = _doc(20000, "MNIST-1D samples generated (private + public + test)")
+    public_fraction: float = _doc(0.2, "share of the non-test pool used as public inputs")
+    test_fraction: float = _doc(0.2, "share of the whole dataset held out for testing")
+    public_query_size: int = _doc(0, "public samples queried per round; 0 = the whole public set")
+    num_clients: int = _doc(10, "number of data partitions (= SuperNodes in simulation)")
+    partitioner: str = _doc("dirichlet", "iid | dirichlet | pathological")
+    dirichlet_alpha: float = _doc(0.5, "Dirichlet concentration (smaller = more skewed)")
+    classes_per_client: int = _doc(2, "classes per client for the pathological partitioner")
+    # --- models ---
+    teacher_models: str = _doc("cnn1d-m", "comma-separated teacher models, assigned round-robin")
+    student_model: str = _doc("cnn1d-m", "student model")
+    # --- client: local teacher training ---
+    local_epochs: int = _doc(8, "teacher epochs on private data per round")
+    local_lr: float = _doc(0.01, "teacher learning rate")
+    local_batch_size: int = _doc(64, "teacher batch size")
+    local_optimizer: str = _doc("adam", "sgd | adam")
+    digest_epochs: int = _doc(1, "epochs distilling toward the previous ensemble before training")
+    temperature: float = _doc(3.0, "softmax temperature T of reported soft labels and of KD")
+    # --- server: cohort ---
+    fraction: float = _doc(1.0, "fraction of connected nodes sampled each round")
+    min_clients: int = _doc(2, "minimum cohort size; a smaller round is skipped loudly")
+    round_timeout: float = _doc(600.0, "seconds to wait for a stage's replies")
+    # --- server: ensemble and distillation ---
+    ensemble: str = _doc("uniform", "uniform mean or weighted (by private sample count)")
+    era_temperature: float = _doc(0.0, "ERA sharpening temperature (DS-FL); 0 = off")
+    distill_epochs: int = _doc(20, "student epochs on the public set per round")
+    distill_lr: float = _doc(0.003, "student learning rate (Adam)")
+    distill_batch_size: int = _doc(128, "student batch size")
+    allow_public_labels: bool = _doc(False, "allow the hard-label ablation term (needs labels)")
+    hard_label_weight: float = _doc(0.0, "weight of CE on public hard labels (ablation only)")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a config from flat key/value pairs (unknown keys are errors)."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
+        coerced = {key: _coerce(key, value, known[key].type) for key, value in values.items()}
+        config = cls(**coerced)
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a validated copy with `changes` applied."""
+        return RunConfig.from_mapping({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat key/value pairs, the same keys as the Flower run config."""
+        return dataclasses.asdict(self)
+
+    @property
+    def teacher_model_list(self) -> list[str]:
+        """Teacher model names in assignment order (client i gets entry i mod len)."""
+        return [name.strip() for name in self.teacher_models.split(",") if name.strip()]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value and what is allowed."""
+        from common.models import MODEL_NAMES  # local: models import torch
+
+        _require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        _require(
+            self.client_threads >= 1, f"client_threads must be >= 1, got {self.client_threads}"
+        )
+        _require(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
+        self._validate_dataset()
+        _require(
+            0.0 < self.public_fraction < 1.0,
+            f"public_fraction must be in (0, 1), got {self.public_fraction}",
+        )
+        _require(
+            0.0 < self.test_fraction < 1.0,
+            f"test_fraction must be in (0, 1), got {self.test_fraction}",
+        )
+        _require(
+            self.public_query_size >= 0,
+            f"public_query_size must be >= 0 (0 = all), got {self.public_query_size}",
+        )
+        _require(self.num_clients >= 2, f"num_clients must be >= 2, got {self.num_clients}")
+        _require(
+            self.partitioner in PARTITIONERS,
+            f"partitioner must be one of {PARTITIONERS}, got {self.partitioner!r}",
+        )
+        _require(
+            self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}"
+        )
+        _require(
+            self.classes_per_client >= 1,
+            f"classes_per_client must be >= 1, got {self.classes_per_client}",
+        )
+        _require(bool(self.teacher_model_list), "teacher_models must name at least one model")
+        for name in [*self.teacher_model_list, self.student_model]:
+            _require(name in MODEL_NAMES, f"unknown model {name!r}; allowed: {MODEL_NAMES}")
+        for key in ("local_epochs", "distill_epochs"):
+            _require(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
+        _require(self.digest_epochs >= 0, f"digest_epochs must be >= 0, got {self.digest_epochs}")
+        for key in ("local_lr", "distill_lr", "round_timeout"):
+            _require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("local_batch_size", "distill_batch_size"):
+            _require(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
+        _require(
+            self.local_optimizer in OPTIMIZERS,
+            f"local_optimizer must be one of {OPTIMIZERS}, got {self.local_optimizer!r}",
+        )
+        _require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _require(0.0 < self.fraction <= 1.0, f"fraction must be in (0, 1], got {self.fraction}")
+        _require(self.min_clients >= 1, f"min_clients must be >= 1, got {self.min_clients}")
+        _require(
+            self.ensemble in ENSEMBLE_RULES,
+            f"ensemble must be one of {ENSEMBLE_RULES}, got {self.ensemble!r}",
+        )
+        _require(
+            self.era_temperature >= 0,
+            f"era_temperature must be >= 0 (0 = off), got {self.era_temperature}",
+        )
+        _require(
+            self.hard_label_weight >= 0,
+            f"hard_label_weight must be >= 0, got {self.hard_label_weight}",
+        )
+        _require(
+            self.hard_label_weight == 0 or self.allow_public_labels,
+            f"hard_label_weight={self.hard_label_weight} uses the public set's true labels; "
+            "set allow_public_labels=true to run this ablation",
+        )
+
+    def _validate_dataset(self) -> None:
+        name = self.dataset
+        if name.startswith(DATASET_PREFIXES):
+            path = Path(name.split(":", 1)[1]).expanduser()
+            _require(path.exists(), f"dataset file {str(path)!r} (from {name!r}) does not exist")
+            return
+        _require(
+            name in DATASETS,
+            f"unknown dataset {name!r}; allowed: {DATASETS} or npz:PATH / parquet:DIR",
+        )
+        if name == "mnist1d":
+            _require(self.num_samples >= 100, f"num_samples must be >= 100, got {self.num_samples}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    """Convert CLI/TOML values to the field's type, refusing lossy conversions."""
+    target = {"int": int, "float": float, "bool": bool, "str": str}[str(type_name)]
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+        ):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if target is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return str(value)

@@ -1,0 +1,180 @@
+"""The feddistill ServerApp: rounds of soft-label collection, ensembling and distillation."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.data import DatasetSplits, load_splits, public_hash
+from common.kd import ensemble_mean, era_sharpen
+from common.logs import get_logger
+from common.metrics import accuracy
+from common.training import resolve_device
+from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
+from server.cohort import NodeRegistry, sample_cohort
+from server.results import RunDirectory
+from server.student import Student
+
+log = get_logger(__name__)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run `config.rounds` rounds and write the run directory."""
+    config = RunConfig.from_mapping(context.run_config)
+    run_federated_distillation(grid, config, make_aggregator(config))
+
+
+def make_aggregator(config: RunConfig) -> Aggregator:
+    """The aggregator the config asks for."""
+    return PlainAggregator()
+
+
+def resolve_out_dir(config: RunConfig) -> Path:
+    """`config.out_dir`, or runs/<timestamp> under the current directory."""
+    if config.out_dir:
+        return Path(config.out_dir)
+    return Path.cwd() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggregator) -> Path:
+    """The round loop. Returns the run directory."""
+    wall_start = time.perf_counter()
+    results = RunDirectory(resolve_out_dir(config))
+    results.write_config(config.to_dict())
+    splits = load_splits(config)
+    public_digest = public_hash(splits.public_x)
+    device = resolve_device(config.device)
+    student = Student(config, splits, device)
+    registry = NodeRegistry(public_digest, config.round_timeout)
+    log.info(
+        "feddistill: %d public samples (hash %s…), %d test samples, student %s on %s; results → %s",
+        len(splits.public_x),
+        public_digest[:12],
+        len(splits.test_x),
+        config.student_model,
+        device,
+        results.path,
+    )
+    previous: tuple[np.ndarray, np.ndarray] | None = None  # (indices, ensemble probs)
+    for round_number in range(1, config.rounds + 1):
+        round_start = time.perf_counter()
+        row: dict[str, Any] = {"round": round_number}
+        try:
+            plan = _plan_round(
+                grid, config, splits, registry, public_digest, round_number, previous
+            )
+            aggregate = aggregator.collect(grid, plan)
+        except (RoundFailed, ValueError) as error:
+            log.error("round %d skipped: %s", round_number, error)
+            row.update(status=f"failed: {error}", seconds=time.perf_counter() - round_start)
+            results.append_round(row)
+            continue
+        ensemble = ensemble_mean(aggregate.weighted_sum, aggregate.total_weight)  # (Q, K)
+        if config.era_temperature > 0:
+            ensemble = era_sharpen(ensemble, config.era_temperature)
+        previous = (plan.query_indices, ensemble)
+        row.update(_distill_and_evaluate(student, splits, plan, ensemble, aggregate, round_number))
+        row["seconds"] = time.perf_counter() - round_start
+        results.append_round(row)
+        results.write_checkpoint({**student.checkpoint(), "round": round_number})
+        log.info(
+            "round %d/%d: student acc %.4f nll %.3f ece %.3f | ensemble(public) acc %.4f | "
+            "%d clients (%d failed) | %.1fs",
+            round_number,
+            config.rounds,
+            row["student_accuracy"],
+            row["student_nll"],
+            row["student_ece"],
+            row["ensemble_public_accuracy"],
+            row["clients"],
+            row["clients_failed"],
+            row["seconds"],
+        )
+    _finish(results, wall_start)
+    return results.path
+
+
+def _plan_round(
+    grid: Grid,
+    config: RunConfig,
+    splits: DatasetSplits,
+    registry: NodeRegistry,
+    public_digest: str,
+    round_number: int,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> RoundPlan:
+    nodes = registry.refresh(grid)
+    cohort = sample_cohort(nodes, config.fraction, config.min_clients, config.seed, round_number)
+    n_public = len(splits.public_x)
+    if config.public_query_size and config.public_query_size < n_public:
+        rng = np.random.default_rng([config.seed, round_number, 4])
+        query = np.sort(rng.choice(n_public, config.public_query_size, replace=False))
+    else:
+        query = np.arange(n_public)
+    return RoundPlan(
+        round=round_number,
+        cohort=cohort,
+        query_indices=query.astype(np.int64),
+        num_classes=splits.num_classes,
+        public_hash=public_digest,
+        min_clients=config.min_clients,
+        timeout=config.round_timeout,
+        digest_indices=None if previous is None or not config.digest_epochs else previous[0],
+        digest_probs=None if previous is None or not config.digest_epochs else previous[1],
+    )
+
+
+def _distill_and_evaluate(
+    student: Student,
+    splits: DatasetSplits,
+    plan: RoundPlan,
+    ensemble: np.ndarray,
+    aggregate: Aggregate,
+    round_number: int,
+) -> dict[str, Any]:
+    public_y = splits.public_y[plan.query_indices]
+    distill_start = time.perf_counter()
+    loss = student.distill(round_number, splits.public_x[plan.query_indices], ensemble, public_y)
+    distill_seconds = time.perf_counter() - distill_start
+    entropy = float(-np.mean(np.sum(ensemble * np.log(np.clip(ensemble, 1e-12, None)), axis=1)))
+    return {
+        "status": "ok",
+        **student.evaluate(splits.test_x, splits.test_y),
+        # Diagnostic only a simulation can compute: the public set's labels stay on the server.
+        "ensemble_public_accuracy": accuracy(ensemble, public_y),
+        "ensemble_entropy": entropy,
+        "distill_loss": loss,
+        "clients": len(aggregate.contributors),
+        "clients_failed": len(aggregate.failed),
+        "bytes_up": aggregate.bytes_up,
+        "bytes_down": aggregate.bytes_down,
+        "aggregate_seconds": aggregate.seconds,
+        "distill_seconds": distill_seconds,
+    }
+
+
+def _finish(results: RunDirectory, wall_start: float) -> None:
+    done = [row for row in results.rows if row.get("status") == "ok"]
+    summary: dict[str, Any] = {
+        "rounds": len(results.rows),
+        "rounds_completed": len(done),
+        "wall_seconds": time.perf_counter() - wall_start,
+        "out_dir": str(results.path),
+    }
+    if done:
+        last = done[-1]
+        summary.update(
+            {key: last[key] for key in ("student_accuracy", "student_nll", "student_ece")}
+        )
+        results.write_accuracy_plot()
+    results.write_summary(summary)
+    log.info("feddistill: finished; results in %s", results.path)

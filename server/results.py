@@ -1,0 +1,99 @@
+"""The run directory: resolved config, per-round metrics, summary, checkpoint and plot.
+
+Every file is written atomically (temporary file + rename), so a crash at any instant leaves
+either the previous or the new complete file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TIMING_COLUMNS = ("seconds", "aggregate_seconds", "distill_seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers only ever see a complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDirectory:
+    """Owns one run's output folder.
+
+    Files: `config.json`, `metrics.csv` (one row per round), `summary.json`, `student.pt`,
+    `accuracy.png`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Store the resolved config (all keys, defaults included)."""
+        self._write_json("config.json", config)
+
+    def append_round(self, row: dict[str, Any]) -> None:
+        """Add one round's metrics and rewrite `metrics.csv`."""
+        self.rows.append(row)
+        buffer = io.StringIO()
+        pd.DataFrame(self.rows).to_csv(buffer, index=False)
+        atomic_write_bytes(self.path / "metrics.csv", buffer.getvalue().encode())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Store the final figures of the run."""
+        self._write_json("summary.json", summary)
+
+    def write_checkpoint(self, payload: dict[str, Any]) -> None:
+        """Store a torch checkpoint (`student.pt`)."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.path / "student.pt", buffer.getvalue())
+
+    def write_accuracy_plot(self) -> None:
+        """Plot student test accuracy (and the ensemble's public accuracy) per round."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        frame = pd.DataFrame(self.rows)
+        done = frame[frame["status"] == "ok"]
+        figure = Figure(figsize=(5, 3.5))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.plot(done["round"], done["student_accuracy"], marker="o", label="student (test)")
+        axes.plot(
+            done["round"],
+            done["ensemble_public_accuracy"],
+            marker="s",
+            ls="--",
+            label="ensemble teacher (public)",
+        )
+        axes.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="feddistill")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower right")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=120)
+        atomic_write_bytes(self.path / "accuracy.png", buffer.getvalue())
+
+    def _write_json(self, name: str, value: dict[str, Any]) -> None:
+        data = json.dumps(value, indent=2, sort_keys=True).encode()
+        atomic_write_bytes(self.path / name, data)

@@ -1,0 +1,1 @@
+"""Privacy-leakage experiments: attack scores, attack metrics and their plots."""
