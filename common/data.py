@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
+from common.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +143,9 @@ def _mnist1d(data_dir: Path, num_samples: int, seed: int) -> tuple[np.ndarray, n
         raw = make_dataset(args)
         x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)
         y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, y=y)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, x=x, y=y)
+        atomic_write_bytes(path, buffer.getvalue())  # concurrent generators cannot collide
     with np.load(path) as arrays:
         return arrays["x"], arrays["y"]
 

@@ -1,0 +1,157 @@
+"""Run the ServerApp/ClientApp in Flower's simulation engine, on a SuperLink we own.
+
+`flwr run .` against the `:local:` connection starts a shared SuperLink on fixed ports that
+outlives the command. We instead start a private simulation SuperLink on free ports with its own
+FLWR_HOME, submit the run with `flwr run`, stream its logs, and stop the SuperLink by PID — so
+runs and tests can run side by side and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import RunConfig
+from simulations.processes import free_port, owned_processes, start_process, wait_for_port
+
+APP_DIR = Path(__file__).resolve().parents[1]
+CONNECTION = "feddistill-sim"
+OFFLINE_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+}
+
+
+@dataclass(frozen=True)
+class SimulationResources:
+    """Per-client resources for the simulation engine.
+
+    Attributes
+    ----------
+    num_supernodes : simulated clients (default: the config's num_clients).
+    client_cpus : CPUs reserved per client actor (1 lets two clients train at once on 2 cores).
+    client_gpus : GPU fraction per client (e.g. 0.25 → four clients share one GPU); 0 = none.
+    """
+
+    num_supernodes: int
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+
+    def federation_config(self) -> str:
+        """The `--federation-config` string for `flwr run`."""
+        text = f"num-supernodes={self.num_supernodes} client-resources-num-cpus={self.client_cpus}"
+        if self.client_gpus > 0:
+            text += f" client-resources-num-gpus={self.client_gpus}"
+        return text
+
+
+def default_resources(config: RunConfig) -> SimulationResources:
+    """One CPU per client; a quarter GPU per client when CUDA is there and allowed."""
+    gpus = 0.0
+    if config.device != "cpu":
+        import torch
+
+        gpus = 0.25 if torch.cuda.is_available() else 0.0
+    return SimulationResources(num_supernodes=config.num_clients, client_gpus=gpus)
+
+
+def run_config_toml(config: RunConfig) -> str:
+    """The whole config as a TOML table body (the format `flwr run --run-config FILE` takes)."""
+    lines = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value!r}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def simulate(
+    config: RunConfig,
+    resources: SimulationResources | None = None,
+    stream_to: int | None = None,
+    timeout: float | None = None,
+) -> Path:
+    """Run one simulation to completion and return its results directory.
+
+    Parameters
+    ----------
+    config : validated run config; `out_dir` must be set (absolute after resolving).
+    resources : per-client resources; default `default_resources(config)`.
+    stream_to : file descriptor for the run's log stream (default: this process's stdout).
+    timeout : seconds before the run is abandoned (everything is stopped either way).
+    """
+    if not config.out_dir:
+        raise ValueError("simulate() needs config.out_dir; the CLI picks runs/<timestamp>")
+    out_dir = Path(config.out_dir).expanduser().resolve()
+    config = config.replace(out_dir=str(out_dir))
+    resources = resources or default_resources(config)
+    with tempfile.TemporaryDirectory(prefix="feddistill-flwr-") as home, owned_processes() as procs:
+        home_path = Path(home)
+        port = free_port()  # one HTTP port serves the Control, Fleet and Runtime APIs
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": home}
+        (home_path / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        run_config_path = home_path / "run_config.toml"
+        run_config_path.write_text(run_config_toml(config))
+        superlink = start_process(
+            [
+                _bin("flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation=subprocess",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--health-server-address=127.0.0.1:{free_port()}",
+                f"--database={home_path / 'state.db'}",
+                "--disable-runtime-dependency-installation",
+            ],
+            out_dir / "superlink.log",
+            env=_with_bin_on_path(env),
+        )
+        procs.append(superlink)
+        wait_for_port("127.0.0.1", port, timeout=60, process=superlink)
+        command = [
+            _bin("flwr"),
+            "run",
+            str(APP_DIR),
+            CONNECTION,
+            "--run-config",
+            str(run_config_path),
+            "--federation-config",
+            resources.federation_config(),
+            "--stream",
+        ]
+        run = subprocess.Popen(
+            command, env=_with_bin_on_path(env), stdout=stream_to, stderr=subprocess.STDOUT
+        )
+        procs.append(run)
+        returncode = run.wait(timeout=timeout)
+    summary = out_dir / "summary.json"
+    if returncode != 0 or not summary.exists():
+        raise RuntimeError(
+            f"simulation did not finish (flwr run exit code {returncode}); "
+            f"see {out_dir / 'superlink.log'} and the log above"
+        )
+    return out_dir
+
+
+def _bin(name: str) -> str:
+    """The console script next to this interpreter (the venv's bin), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _with_bin_on_path(env: dict[str, str]) -> dict[str, str]:
+    # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH.
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
