@@ -8,6 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.data_source import load_private_data
+from client.secagg_handlers import continue_secure_round, start_secure_round
 from client.teacher import RoundInput, new_teacher, run_local_round
 from common.config import RunConfig
 from common.data import load_splits, public_hash
@@ -74,14 +75,35 @@ def train(msg: Message, context: Context) -> Message:
     contribution, metrics = run_local_round(teacher, config, splits, private, request, device)
     context.state[TEACHER_STATE] = ArrayRecord(torch_state_dict=teacher.cpu().state_dict())
 
+    if bool(round_config.get("secagg", False)):
+        return start_secure_round(msg, context, config, contribution)
     content = RecordDict(
         {
             CONTRIBUTION_RECORD: arrays_to_record({"probs": contribution.probs}),
             ROUND_RECORD: ConfigRecord({"weight": contribution.weight}),
-            METRICS_RECORD: MetricRecord(metrics),
         }
     )
+    if config.send_client_metrics or not config.secagg:
+        content[METRICS_RECORD] = MetricRecord(metrics)
     return Message(content, reply_to=msg)
+
+
+@app.train("secagg_share_keys")
+def secagg_share_keys(msg: Message, context: Context) -> Message:
+    """SecAgg+ stage 2: Shamir shares of this round's secrets, encrypted per neighbour."""
+    return continue_secure_round(msg, context, _run_config(context), "share-keys")
+
+
+@app.train("secagg_masked_input")
+def secagg_masked_input(msg: Message, context: Context) -> Message:
+    """SecAgg+ stage 3: the encoded contribution under pairwise and self masks."""
+    return continue_secure_round(msg, context, _run_config(context), "masked-input")
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """SecAgg+ stage 4: shares that let the server remove masks (survivors) or recover drops."""
+    return continue_secure_round(msg, context, _run_config(context), "unmask")
 
 
 def _round_input(msg: Message) -> RoundInput:

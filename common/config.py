@@ -67,6 +67,15 @@ class RunConfig:
     distill_epochs: int = _doc(20, "student epochs on the public set per round")
     distill_lr: float = _doc(0.003, "student learning rate (Adam)")
     distill_batch_size: int = _doc(128, "student batch size")
+    # --- secure aggregation ---
+    secagg: bool = _doc(True, "aggregate soft labels with SecAgg+ (false = plain, in the clear)")
+    secagg_neighbours: int = _doc(0, "SecAgg+ graph degree k; 0 = auto (O(log n)); >= n-1 = all")
+    secagg_threshold: int = _doc(0, "shares needed to recover a secret t; 0 = auto (> k/2)")
+    secagg_frac_bits: int = _doc(24, "fixed-point fractional bits of the encoded soft labels")
+    secagg_min_cohort: int = _doc(3, "fewest clients a secure sum may cover (clients refuse less)")
+    secagg_stage_timeout: float = _doc(120.0, "seconds to wait for each later SecAgg stage")
+    secagg_weight_bound: float = _doc(1e6, "largest client weight the encoding must hold")
+    send_client_metrics: bool = _doc(False, "send per-client metrics even under secagg (a leak)")
     allow_public_labels: bool = _doc(False, "allow the hard-label ablation term (needs labels)")
     hard_label_weight: float = _doc(0.0, "weight of CE on public hard labels (ablation only)")
 
@@ -154,6 +163,20 @@ class RunConfig:
             self.era_temperature >= 0,
             f"era_temperature must be >= 0 (0 = off), got {self.era_temperature}",
         )
+        _require(
+            0 <= self.secagg_frac_bits <= 40,
+            f"secagg_frac_bits must be in [0, 40], got {self.secagg_frac_bits}",
+        )
+        for key in ("secagg_neighbours", "secagg_threshold"):
+            _require(
+                getattr(self, key) >= 0, f"{key} must be >= 0 (0 = auto), got {getattr(self, key)}"
+            )
+        _require(
+            self.secagg_min_cohort >= 2,
+            f"secagg_min_cohort must be >= 2, got {self.secagg_min_cohort}",
+        )
+        for key in ("secagg_stage_timeout", "secagg_weight_bound"):
+            _require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         _require(
             self.hard_label_weight >= 0,
             f"hard_label_weight must be >= 0, got {self.hard_label_weight}",

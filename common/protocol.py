@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 MSG_DESCRIBE = "query.describe"
 MSG_TRAIN = "train"
@@ -22,6 +22,8 @@ ARRAYS_RECORD = "arrays"
 CONTRIBUTION_RECORD = "contribution"
 METRICS_RECORD = "client_metrics"
 NODE_RECORD = "node"
+SECAGG_CONFIG = "secagg"
+SECAGG_ARRAYS = "secagg_arrays"
 
 
 @dataclass(frozen=True)
@@ -62,5 +64,23 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of all records in a message's content (Flower's own per-record count)."""
-    return sum(record.count_bytes() for record in content.values())
+    """Bytes of all records in a message's content.
+
+    Arrays and metrics use Flower's own count; config records are counted here (8 bytes per
+    number, the length of each str/bytes) because flwr 1.42's count fails on empty lists.
+    """
+    return sum(
+        _config_bytes(record) if isinstance(record, ConfigRecord) else record.count_bytes()
+        for record in content.values()
+    )
+
+
+def _config_bytes(record: ConfigRecord) -> int:
+    def size(value: object) -> int:
+        if isinstance(value, list):
+            return sum(size(item) for item in value)
+        if isinstance(value, (str, bytes)):
+            return len(value)
+        return 8
+
+    return sum(len(key) + size(value) for key, value in record.items())

@@ -20,6 +20,7 @@ from common.training import resolve_device
 from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
 from server.cohort import NodeRegistry, sample_cohort
 from server.results import RunDirectory
+from server.secure_aggregator import SecureAggregator
 from server.student import Student
 
 log = get_logger(__name__)
@@ -34,8 +35,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def make_aggregator(config: RunConfig) -> Aggregator:
-    """The aggregator the config asks for."""
-    return PlainAggregator()
+    """The aggregator the config asks for: SecAgg+ by default, plain when secagg=false."""
+    return SecureAggregator(config) if config.secagg else PlainAggregator()
 
 
 def resolve_out_dir(config: RunConfig) -> Path:

@@ -1,0 +1,480 @@
+"""Client side of SecAgg+ (Bell et al. 2020): one state machine per round, its state a flat dict.
+
+Stages and payloads (request -> reply); every request after the first repeats ``round``:
+
+1. advertise: ``round``, ``cohort`` (sorted ids), ``graph_seed``, ``vector_length`` and the
+   resolved :class:`SecAggParams` fields -> ``c_pk``, ``s_pk`` (32-byte X25519 public keys) and
+   ``commitment`` (32-byte SHA-256 commitment to the self-mask seed b).
+2. share-keys: ``ids``, ``c_pks``, ``s_pks`` of the neighbours alive after stage 1 -> ``ids``,
+   ``blobs``: AEAD ciphertexts carrying the neighbour's Shamir shares of b and of s_sk.
+3. masked-input: ``ids``, ``blobs`` addressed to this node by neighbours alive after stage 2,
+   plus the encoded input vector x given by the caller -> ``masked`` (uint64, shape (L,)).
+4. unmask: ``survivors``, ``dropped`` (neighbour ids) -> ``b_ids``, ``b_shares`` (b-shares of
+   the survivors and of this node itself) and ``sk_ids``, ``sk_shares`` (s_sk-shares of the
+   dropped), shares as 66-byte field elements.
+
+A node counts as a holder of its own shares: t of the k neighbours plus itself reconstruct a
+secret. Its own s_sk-share is discarded at once, because a node that answers unmask has sent its
+masked input and is never "dropped"; its own b-share is always released at unmask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import get_args, get_origin, get_type_hints
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+
+from common.secagg import STAGES, SecAggParams, SecAggRefusal
+from common.secagg.crypto import (
+    KEY_BYTES,
+    UINT64_MAX,
+    commit,
+    decrypt,
+    encrypt,
+    encryption_keys,
+    generate_keypair,
+    mask_keys,
+)
+from common.secagg.graph import neighbours_of, share_points
+from common.secagg.prg import expand
+from common.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split
+
+Payload = dict[str, object]
+StateDict = dict[str, int | bytes | list[int] | list[bytes]]
+
+
+@dataclass
+class _State:
+    """Everything a client remembers between messages; secrets are wiped once no longer needed."""
+
+    node_id: int
+    policy: list[int]  # the client's own SecAggParams fields, in declaration order
+    stage: int = 0  # index into STAGES
+    round: int = 0
+    cohort: list[int] = field(default_factory=list)
+    graph_seed: int = 0
+    params: list[int] = field(default_factory=list)  # resolved settings announced by the server
+    vector_length: int = 0
+    # Private keys live from stage 1 to stage 2; the per-peer keys derived from them and the
+    # self-mask seed b from stage 2 to stage 3; received shares from stage 3 to stage 4.
+    c_sk: bytes = field(default=b"", repr=False)  # share-encryption private key
+    s_sk: bytes = field(default=b"", repr=False)  # pairwise-mask private key
+    self_mask_seed: bytes = field(default=b"", repr=False)  # b
+    peer_ids: list[int] = field(default_factory=list)  # neighbours alive after stage 1
+    peer_enc_keys: list[bytes] = field(default_factory=list, repr=False)  # AEAD key per peer
+    peer_mask_keys: list[bytes] = field(default_factory=list, repr=False)  # PRG key per peer
+    own_b_share: bytes = field(default=b"", repr=False)
+    held_ids: list[int] = field(default_factory=list)  # neighbours whose shares this node holds
+    held_b_shares: list[bytes] = field(default_factory=list, repr=False)
+    held_sk_shares: list[bytes] = field(default_factory=list, repr=False)
+
+
+_STATE_TYPES = get_type_hints(_State)
+
+
+def _int(request: Mapping[str, object], key: str) -> int:
+    """Read an unsigned 64-bit integer field or refuse the request."""
+    value = request.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= UINT64_MAX:
+        raise SecAggRefusal(f"malformed request: {key!r} must be an integer in [0, 2^64)")
+    return value
+
+
+def _ids(request: Mapping[str, object], key: str) -> list[int]:
+    """Read a list of distinct node ids or refuse the request."""
+    value = request.get(key)
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT64_MAX for v in value
+    ):
+        raise SecAggRefusal(f"malformed request: {key!r} must be a list of node ids")
+    if len(set(value)) != len(value):
+        raise SecAggRefusal(f"malformed request: {key!r} lists a node twice")
+    return value
+
+
+def _blobs(request: Mapping[str, object], key: str, count: int) -> list[bytes]:
+    """Read a list of ``count`` byte strings or refuse the request."""
+    value = request.get(key)
+    if not isinstance(value, list) or len(value) != count:
+        raise SecAggRefusal(f"malformed request: {key!r} must be a list of {count} byte strings")
+    if not all(isinstance(v, bytes) for v in value):
+        raise SecAggRefusal(f"malformed request: {key!r} must hold bytes")
+    return value
+
+
+class SecAggClient:
+    """One client's side of one secure-aggregation round.
+
+    Create it with the client's own settings (its policy), call the four stage methods in order,
+    and persist it between messages with :meth:`to_state` / :meth:`from_state`. Every method
+    raises :class:`SecAggRefusal` for a request that is out of order, malformed, or breaks the
+    protocol or the policy; the state is then unchanged.
+
+    Parameters
+    ----------
+    node_id : int
+        This node's id (unsigned 64-bit, as Flower assigns).
+    params : SecAggParams
+        The client's own settings; automatic fields are resolved for the announced cohort and
+        the server's settings must be at least as strict (degree, threshold, minimum cohort).
+    """
+
+    def __init__(self, node_id: int, params: SecAggParams) -> None:
+        if not isinstance(node_id, int) or not 0 <= node_id <= UINT64_MAX:
+            raise ValueError(f"node_id must be an integer in [0, 2^64), got {node_id!r}")
+        self._state = _State(node_id=node_id, policy=list(dataclasses.astuple(params)))
+
+    def __repr__(self) -> str:
+        state = self._state
+        return f"SecAggClient(node_id={state.node_id}, round={state.round}, stage={self.stage!r})"
+
+    @property
+    def stage(self) -> str:
+        """Name of the request this client expects next (``'done'`` after unmask)."""
+        return STAGES[self._state.stage]
+
+    @property
+    def round_params(self) -> SecAggParams:
+        """Resolved settings announced by the server; use them to encode the input vector.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`advertise` has succeeded.
+        """
+        if not self._state.params:
+            raise RuntimeError("round settings are known only after the advertise stage")
+        return SecAggParams(*self._state.params)
+
+    def to_state(self) -> StateDict:
+        """Whole state as a flat dict of ints, bytes and lists of them (holds private keys)."""
+        return {key: list(v) if isinstance(v, list) else v for key, v in vars(self._state).items()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object]) -> SecAggClient:
+        """Rebuild a client from :meth:`to_state` output.
+
+        Raises
+        ------
+        ValueError
+            If keys are missing or unknown, or a value has the wrong type.
+        """
+        if set(state) != set(_STATE_TYPES):
+            raise ValueError(
+                f"client state must have keys {sorted(_STATE_TYPES)}, got {sorted(state)}"
+            )
+        for key, hint in _STATE_TYPES.items():
+            value = state[key]
+            if get_origin(hint) is list:
+                (item,) = get_args(hint)
+                valid = isinstance(value, list) and all(isinstance(v, item) for v in value)
+            else:
+                valid = isinstance(value, hint)
+            if not valid:
+                raise ValueError(f"client state field {key!r} must be {hint}")
+        if not 0 <= state["stage"] < len(STAGES):
+            raise ValueError(
+                f"client state stage must be in [0, {len(STAGES)}), got {state['stage']}"
+            )
+        client = cls.__new__(cls)
+        client._state = _State(**state)
+        return client
+
+    def respond(
+        self, stage: str, request: Mapping[str, object], vector: np.ndarray | None = None
+    ) -> Payload:
+        """Answer a request of the named stage by calling its stage method.
+
+        Parameters
+        ----------
+        stage : str
+            One of the first four :data:`STAGES`, as the server labels the request.
+        request : Mapping[str, object]
+            The request payload.
+        vector : np.ndarray or None
+            The encoded input; required for ``'masked-input'`` and ignored otherwise.
+
+        Returns
+        -------
+        dict
+            The reply payload.
+        """
+        if stage == "masked-input":
+            if vector is None:
+                raise ValueError("the masked-input stage needs the encoded input vector")
+            return self.masked_input(request, vector)
+        handlers = {
+            "advertise": self.advertise,
+            "share-keys": self.share_keys,
+            "unmask": self.unmask,
+        }
+        if stage not in handlers:
+            raise SecAggRefusal(f"unknown stage {stage!r}; expected one of {STAGES[:-1]}")
+        return handlers[stage](request)
+
+    def advertise(self, request: Mapping[str, object]) -> Payload:
+        """Stage 1: check the round's cohort and settings, make keys and the self-mask seed.
+
+        Parameters
+        ----------
+        request : Mapping[str, object]
+            ``round``, ``cohort``, ``graph_seed``, ``vector_length`` and SecAggParams fields.
+
+        Returns
+        -------
+        dict
+            ``c_pk``, ``s_pk`` and ``commitment``, 32 bytes each.
+        """
+        state = self._expect("advertise")
+        round_ = _int(request, "round")
+        cohort = _ids(request, "cohort")
+        graph_seed = _int(request, "graph_seed")
+        vector_length = _int(request, "vector_length")
+        if cohort != sorted(cohort):
+            raise SecAggRefusal("malformed request: cohort must be sorted")
+        if state.node_id not in cohort:
+            raise SecAggRefusal(f"node {state.node_id} is not in the announced cohort")
+        if vector_length < 1:
+            raise SecAggRefusal(f"vector_length must be >= 1, got {vector_length}")
+        announced = self._check_settings(request, len(cohort))
+        c_sk, c_pk = generate_keypair()
+        s_sk, s_pk = generate_keypair()
+        seed = os.urandom(KEY_BYTES)
+        state.round, state.cohort, state.graph_seed = round_, cohort, graph_seed
+        state.params, state.vector_length = list(dataclasses.astuple(announced)), vector_length
+        state.c_sk, state.s_sk, state.self_mask_seed = c_sk, s_sk, seed
+        state.stage += 1
+        return {"c_pk": c_pk, "s_pk": s_pk, "commitment": commit(seed, round_, state.node_id)}
+
+    def share_keys(self, request: Mapping[str, object]) -> Payload:
+        """Stage 2: Shamir-share s_sk and b among the alive neighbours and encrypt the shares.
+
+        Parameters
+        ----------
+        request : Mapping[str, object]
+            ``round`` and ``ids``, ``c_pks``, ``s_pks`` of the neighbours alive after stage 1.
+
+        Returns
+        -------
+        dict
+            ``ids`` and ``blobs``: one ciphertext per neighbour, in the order of ``ids``.
+        """
+        state = self._expect("share-keys")
+        self._check_round(request)
+        ids = _ids(request, "ids")
+        c_pks = _blobs(request, "c_pks", len(ids))
+        s_pks = _blobs(request, "s_pks", len(ids))
+        params = self.round_params
+        neighbours = neighbours_of(state.node_id, state.cohort, params.neighbours, state.graph_seed)
+        strangers = sorted(set(ids) - set(neighbours))
+        if strangers:
+            raise SecAggRefusal(f"keys sent for nodes that are not neighbours: {strangers}")
+        if len(ids) + 1 < params.threshold:
+            raise SecAggRefusal(
+                f"{len(ids)} alive neighbours plus this node are fewer than the "
+                f"threshold t={params.threshold}"
+            )
+        try:
+            enc_keys = encryption_keys(state.c_sk, c_pks, state.round, state.node_id, ids)
+            mask_seeds = mask_keys(state.s_sk, s_pks, state.round, state.node_id, ids)
+        except ValueError as error:  # wrong size or low-order public key
+            raise SecAggRefusal(f"bad public key: {error}") from error
+        state.own_b_share, blobs = self._encrypt_shares(ids, enc_keys)
+        state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = ids, enc_keys, mask_seeds
+        state.c_sk = state.s_sk = b""  # s_sk is shared; the per-peer keys are all stage 3 needs
+        state.stage += 1
+        return {"ids": ids, "blobs": blobs}
+
+    def masked_input(self, request: Mapping[str, object], vector: np.ndarray) -> Payload:
+        """Stage 3: store the shares sent to this node and reply with the masked input.
+
+        y = x + PRG(b) + sum over neighbours j alive after stage 2 of ±PRG(k_ij) mod 2^m, with
+        + when this node's id is below j's. The keys and b are wiped from the state afterwards.
+
+        Parameters
+        ----------
+        request : Mapping[str, object]
+            ``round``, ``ids`` of the senders and ``blobs``, their ciphertexts to this node.
+        vector : np.ndarray
+            Encoded input x, shape (L,), dtype uint64, values in [0, 2^m) (see
+            ``common.secagg.encoding.encode`` with :attr:`round_params`).
+
+        Returns
+        -------
+        dict
+            ``masked``: y, shape (L,), dtype uint64, values in [0, 2^m).
+
+        Raises
+        ------
+        ValueError
+            If ``vector`` does not match the announced length and modulus (a caller error).
+        """
+        state = self._expect("masked-input")
+        self._check_round(request)
+        modulus_bits = self.round_params.modulus_bits
+        self._check_vector(vector, modulus_bits)
+        ids = _ids(request, "ids")
+        blobs = _blobs(request, "blobs", len(ids))
+        unknown = sorted(set(ids) - set(state.peer_ids))
+        if unknown:
+            raise SecAggRefusal(f"ciphertexts from nodes whose keys this node never got: {unknown}")
+        b_shares, sk_shares = self._decrypt_shares(ids, blobs)
+        masked = self._mask(vector, ids, modulus_bits)
+        state.held_ids, state.held_b_shares, state.held_sk_shares = ids, b_shares, sk_shares
+        state.self_mask_seed = b""
+        state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = [], [], []
+        state.stage += 1
+        return {"masked": masked}
+
+    def unmask(self, request: Mapping[str, object]) -> Payload:
+        """Stage 4: release b-shares of survivors and s_sk-shares of dropped neighbours, once.
+
+        Parameters
+        ----------
+        request : Mapping[str, object]
+            ``round``, ``survivors`` and ``dropped``: disjoint lists of neighbours whose
+            shares this node holds.
+
+        Returns
+        -------
+        dict
+            ``b_ids`` (the survivors, then this node), ``b_shares``, ``sk_ids`` (the dropped)
+            and ``sk_shares``; shares are 66-byte field elements.
+        """
+        state = self._expect("unmask")
+        self._check_round(request)
+        survivors = _ids(request, "survivors")
+        dropped = _ids(request, "dropped")
+        both = sorted(set(survivors) & set(dropped))
+        if both:
+            raise SecAggRefusal(f"nodes listed as both survivors and dropped: {both}")
+        unknown = sorted(set(survivors + dropped) - set(state.held_ids))
+        if unknown:
+            raise SecAggRefusal(
+                f"no shares held for nodes {unknown} (not neighbours alive at stage 2)"
+            )
+        b_shares = dict(zip(state.held_ids, state.held_b_shares, strict=True))
+        sk_shares = dict(zip(state.held_ids, state.held_sk_shares, strict=True))
+        reply: Payload = {
+            "b_ids": [*survivors, state.node_id],
+            "b_shares": [*(b_shares[v] for v in survivors), state.own_b_share],
+            "sk_ids": dropped,
+            "sk_shares": [sk_shares[v] for v in dropped],
+        }
+        # Answering unmask once is what keeps b and s_sk of a node from both leaving this client.
+        state.held_ids, state.held_b_shares, state.held_sk_shares = [], [], []
+        state.own_b_share = b""
+        state.stage += 1
+        return reply
+
+    def _expect(self, stage: str) -> _State:
+        """Return the state if ``stage`` is the request this client expects, else refuse."""
+        if self.stage != stage:
+            raise SecAggRefusal(
+                f"unexpected {stage} request: this client is at stage {self.stage!r}"
+            )
+        return self._state
+
+    def _check_round(self, request: Mapping[str, object]) -> None:
+        """Refuse a request for another round."""
+        round_ = _int(request, "round")
+        if round_ != self._state.round:
+            raise SecAggRefusal(
+                f"request for round {round_}, this client is in round {self._state.round}"
+            )
+
+    def _check_settings(self, request: Mapping[str, object], n_clients: int) -> SecAggParams:
+        """Return the announced settings if valid for n and at least as strict as the policy."""
+        policy = SecAggParams(*self._state.policy)
+        try:
+            announced = SecAggParams.from_config(request)
+            neighbours, threshold = policy.graph_for(n_clients)
+            announced.check_resolved(n_clients)
+        except (TypeError, ValueError) as error:
+            raise SecAggRefusal(str(error)) from error
+        weaker = (
+            announced.neighbours < neighbours
+            or announced.threshold < threshold
+            or announced.min_cohort < policy.min_cohort
+        )
+        if weaker:
+            raise SecAggRefusal(
+                f"announced neighbours={announced.neighbours}, threshold={announced.threshold}, "
+                f"min_cohort={announced.min_cohort} are weaker than this client's policy "
+                f"({neighbours}, {threshold}, {policy.min_cohort}) for {n_clients} clients"
+            )
+        return announced
+
+    def _encrypt_shares(self, ids: list[int], enc_keys: list[bytes]) -> tuple[bytes, list[bytes]]:
+        """Share b and s_sk among ``ids`` and this node; encrypt each neighbour's pair of shares.
+
+        Returns
+        -------
+        tuple[bytes, list[bytes]]
+            This node's own b-share and one ciphertext per neighbour in ``ids``.
+        """
+        state = self._state
+        points = share_points(state.cohort)
+        holders = [*ids, state.node_id]  # this node's own share comes last
+        xs = [points[v] for v in holders]
+        threshold = self.round_params.threshold
+        b_shares = split(int.from_bytes(state.self_mask_seed, "big"), threshold, xs)
+        sk_shares = split(int.from_bytes(state.s_sk, "big"), threshold, xs)
+        blobs = []
+        for peer, key, b_share, sk_share in zip(
+            ids, enc_keys, b_shares[:-1], sk_shares[:-1], strict=True
+        ):
+            plaintext = share_to_bytes(b_share) + share_to_bytes(sk_share)
+            blobs.append(encrypt(key, plaintext, state.round, state.node_id, peer))
+        return share_to_bytes(b_shares[-1]), blobs
+
+    def _decrypt_shares(
+        self, ids: list[int], blobs: list[bytes]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Decrypt and check the (b-share, s_sk-share) pairs that neighbours sent to this node."""
+        state = self._state
+        enc_keys = dict(zip(state.peer_ids, state.peer_enc_keys, strict=True))
+        b_shares, sk_shares = [], []
+        for peer, blob in zip(ids, blobs, strict=True):
+            key = enc_keys[peer]
+            try:
+                plaintext = decrypt(key, blob, state.round, peer, state.node_id)
+                b_share, sk_share = plaintext[:SHARE_BYTES], plaintext[SHARE_BYTES:]
+                share_from_bytes(b_share)
+                share_from_bytes(sk_share)
+            except (InvalidTag, ValueError) as error:
+                raise SecAggRefusal(f"ciphertext from node {peer} failed authentication") from error
+            b_shares.append(b_share)
+            sk_shares.append(sk_share)
+        return b_shares, sk_shares
+
+    def _check_vector(self, vector: np.ndarray, modulus_bits: int) -> None:
+        """Raise ValueError unless ``vector`` is an encoded input of the announced shape."""
+        length = self._state.vector_length
+        if (
+            not isinstance(vector, np.ndarray)
+            or vector.dtype != np.uint64
+            or vector.shape != (length,)
+        ):
+            raise ValueError(f"vector must be a uint64 array of shape ({length},)")
+        if modulus_bits < 64 and np.any(vector >> np.uint64(modulus_bits)):
+            raise ValueError(f"vector values must be < 2^{modulus_bits}")
+
+    def _mask(self, vector: np.ndarray, peers: list[int], modulus_bits: int) -> np.ndarray:
+        """Add the self mask and the pairwise masks with ``peers`` to x, mod 2^m."""
+        state = self._state
+        length = state.vector_length
+        mask_seeds = dict(zip(state.peer_ids, state.peer_mask_keys, strict=True))
+        masked = vector + expand(state.self_mask_seed, length, modulus_bits)  # (L,) uint64, wraps
+        for peer in peers:
+            pad = expand(mask_seeds[peer], length, modulus_bits)
+            if state.node_id < peer:
+                masked += pad
+            else:
+                masked -= pad
+        return masked & np.uint64(2**modulus_bits - 1)  # 2^m divides 2^64, so wrapping is exact

@@ -1,0 +1,60 @@
+"""Between soft labels and secure aggregation: encode a contribution, decode a secure sum.
+
+The summed vector is [w·P.ravel(), w] (length Q·K + 1), in fixed point mod 2^m. Both sides derive
+the same element bound B from the run config, so the server can pick m such that the sum of the
+cohort cannot wrap, and a client refuses values outside B instead of corrupting the sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+
+from common.config import RunConfig
+from common.protocol import Contribution, arrays_to_record, record_to_arrays, split_weighted_vector
+from common.secagg import SecAggParams
+from common.secagg.encoding import decode_sum, encode
+
+
+def client_policy(config: RunConfig) -> SecAggParams:
+    """The SecAgg+ settings this run asks for (zeros are resolved per cohort)."""
+    return SecAggParams(
+        neighbours=config.secagg_neighbours,
+        threshold=config.secagg_threshold,
+        frac_bits=config.secagg_frac_bits,
+        min_cohort=config.secagg_min_cohort,
+    )
+
+
+def value_bound(config: RunConfig) -> float:
+    """B ≥ |x| for every element a client sums: probabilities and weights are ≤ the weight."""
+    return config.secagg_weight_bound if config.ensemble == "weighted" else 1.0
+
+
+def encode_contribution(
+    contribution: Contribution, params: SecAggParams, bound: float
+) -> np.ndarray:
+    """Contribution → uint64 vector (Q·K + 1,) mod 2^m, or ValueError if it exceeds the bound."""
+    return encode(contribution.weighted_vector(), params.frac_bits, params.modulus_bits, bound)
+
+
+def decode_aggregate(
+    total: np.ndarray, params: SecAggParams, num_classes: int
+) -> tuple[np.ndarray, float]:
+    """Secure sum (uint64, (Q·K + 1,)) → (Σ w·P as (Q, K) float64, Σ w)."""
+    values = decode_sum(total, params.frac_bits, params.modulus_bits)
+    return split_weighted_vector(values, num_classes)
+
+
+def payload_to_records(payload: dict[str, Any]) -> tuple[ConfigRecord, ArrayRecord]:
+    """A SecAgg payload → (scalars/bytes/lists as ConfigRecord, arrays as ArrayRecord)."""
+    arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in payload.items() if not isinstance(v, np.ndarray)}
+    return ConfigRecord(scalars), arrays_to_record(arrays)
+
+
+def records_to_payload(config: ConfigRecord, arrays: ArrayRecord) -> dict[str, Any]:
+    """Inverse of `payload_to_records`."""
+    return {**dict(config), **record_to_arrays(arrays)}

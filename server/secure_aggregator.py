@@ -1,0 +1,121 @@
+"""Secure aggregation over the Flower Message API: one message type per SecAgg+ stage.
+
+Stage 1 rides on the round's `train` message (the client trains, encodes its contribution and
+advertises its keys); stages 2–4 are `train.secagg_share_keys`, `train.secagg_masked_input` and
+`train.secagg_unmask`. The protocol logic lives in `server.secagg.SecAggServer`; this module
+only moves payloads and turns the exact integer sum back into soft labels.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.logs import get_logger
+from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes
+from common.secagg import STAGES, SecAggAbort
+from common.secure_codec import (
+    client_policy,
+    decode_aggregate,
+    payload_to_records,
+    records_to_payload,
+    value_bound,
+)
+from server.aggregation import Aggregate, RoundFailed, RoundPlan
+from server.secagg import SecAggServer
+
+log = get_logger(__name__)
+
+
+def stage_message_type(stage: str) -> str:
+    """Flower message type of a SecAgg+ stage after the first ('share-keys' → 'train.secagg_…')."""
+    return f"train.secagg_{stage.replace('-', '_')}"
+
+
+class SecureAggregator:
+    """Collects Σ w_i·P_i with SecAgg+; the server never sees one client's soft labels."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.policy = client_policy(config)
+        self.bound = value_bound(config)
+        self.stage_timeout = config.secagg_stage_timeout
+
+    def collect(self, grid: Grid, plan: RoundPlan) -> Aggregate:
+        start = time.perf_counter()
+        cohort = [node.node_id for node in plan.cohort]
+        labels = {node.node_id: node.label for node in plan.cohort}
+        length = len(plan.query_indices) * plan.num_classes + 1
+        try:
+            params = self.policy.validate(len(cohort), self.bound)
+        except ValueError as error:
+            raise RoundFailed(
+                f"round {plan.round}: secure aggregation impossible: {error}"
+            ) from None
+        server = SecAggServer(plan.round, cohort, params, length, graph_seed=secrets.randbits(63))
+        failed: dict[int, str] = {}
+        bytes_up = bytes_down = 0
+        try:
+            for stage in STAGES[:-1]:
+                messages = [
+                    self._message(plan, stage, node_id, payload)
+                    for node_id, payload in server.requests().items()
+                ]
+                bytes_down += sum(payload_bytes(message.content) for message in messages)
+                timeout = plan.timeout if stage == STAGES[0] else self.stage_timeout
+                payloads = {}
+                for reply in grid.send_and_receive(messages, timeout=timeout):
+                    node_id = reply.metadata.src_node_id
+                    if reply.has_error():
+                        failed[node_id] = f"{stage}: client error: {reply.error.reason}"
+                        log.warning(
+                            "round %d: %s (node %d) %s",
+                            plan.round,
+                            labels.get(node_id),
+                            node_id,
+                            failed[node_id],
+                        )
+                        continue
+                    bytes_up += payload_bytes(reply.content)
+                    try:
+                        payloads[node_id] = records_to_payload(
+                            reply.content[SECAGG_CONFIG], reply.content[SECAGG_ARRAYS]
+                        )
+                    except KeyError as error:
+                        failed[node_id] = f"{stage}: malformed reply (missing {error})"
+                server.receive(payloads)
+        except SecAggAbort as error:
+            raise RoundFailed(f"round {plan.round}: secure aggregation aborted: {error}") from None
+        result = server.result()
+        for node_id in result.dropped:
+            failed.setdefault(node_id, "dropped out (no reply before the timeout)")
+        weighted_sum, total_weight = decode_aggregate(result.total, params, plan.num_classes)
+        if total_weight <= 0:
+            raise RoundFailed(f"round {plan.round}: decoded total weight {total_weight} <= 0")
+        return Aggregate(
+            weighted_sum=weighted_sum,
+            total_weight=total_weight,
+            contributors=list(result.survivors),
+            failed={node: reason for node, reason in failed.items() if node in result.dropped},
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            seconds=time.perf_counter() - start,
+        )
+
+    @staticmethod
+    def _message(plan: RoundPlan, stage: str, node_id: int, payload: dict) -> Message:
+        config, arrays = payload_to_records(payload)
+        if stage == STAGES[0]:
+            message = plan.train_message(node_id, {"secagg": True})
+            message.content[SECAGG_CONFIG] = config
+            message.content[SECAGG_ARRAYS] = arrays
+            return message
+        return Message(
+            RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays}),
+            dst_node_id=node_id,
+            message_type=stage_message_type(stage),
+            group_id=str(plan.round),
+        )

@@ -1,0 +1,433 @@
+"""Protocol tests: server and clients run in process, client state persisted between messages."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Collection, Mapping
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common import serde
+
+from client.secagg import SecAggClient
+from common.secagg import STAGES, SecAggAbort, SecAggParams, SecAggRefusal
+from common.secagg.encoding import decode_sum, encode
+from common.secagg.graph import neighbour_graph
+from server.secagg import SecAggResult, SecAggServer
+
+ROUND = 11
+BOUND = 1.0
+LENGTH = 64
+GRAPH_SEED = 2024
+DEFAULTS = SecAggParams()
+
+
+def make_cohort(n_clients: int, seed: int = 0) -> list[int]:
+    """Distinct node ids over the whole uint64 range, as Flower assigns them."""
+    rng = random.Random(seed)
+    cohort: set[int] = set()
+    while len(cohort) < n_clients:
+        cohort.add(rng.getrandbits(64))
+    return sorted(cohort)
+
+
+def random_vectors(cohort: list[int], modulus_bits: int, length: int = LENGTH) -> dict:
+    """Uniform inputs mod 2^m, one per node, shape (L,) uint64."""
+    rng = np.random.default_rng(len(cohort))
+    return {node: rng.integers(0, 2**modulus_bits, size=length, dtype=np.uint64) for node in cohort}
+
+
+def plain_sum(vectors: Mapping[int, np.ndarray], nodes: Collection[int], modulus_bits: int):
+    """Sum of the given nodes' inputs mod 2^m."""
+    total = np.zeros_like(next(iter(vectors.values())))
+    for node in nodes:
+        total += vectors[node]
+    return total & np.uint64(2**modulus_bits - 1)
+
+
+class Deployment:
+    """A server and its cohort; every client message starts from the persisted state dict."""
+
+    def __init__(
+        self,
+        n_clients: int,
+        policy: SecAggParams = DEFAULTS,
+        params: SecAggParams | None = None,
+        length: int = LENGTH,
+        transport: Callable[[dict], dict] = dict,
+    ) -> None:
+        self.transport = transport  # what every payload and state passes through on the wire
+        self.cohort = make_cohort(n_clients)
+        self.params = params or policy.validate(n_clients, BOUND)
+        self.server = SecAggServer(ROUND, self.cohort, self.params, length, graph_seed=GRAPH_SEED)
+        self.states = {node: SecAggClient(node, policy).to_state() for node in self.cohort}
+        self.vectors = random_vectors(self.cohort, self.params.modulus_bits, length)
+        self.graph = neighbour_graph(self.cohort, self.params.neighbours, GRAPH_SEED)
+
+    def client(self, node: int) -> SecAggClient:
+        return SecAggClient.from_state(self.transport(self.states[node]))
+
+    def ask(self, node: int, request: dict) -> dict:
+        """Deliver one request to a node as a fresh process would, and persist its state."""
+        client = self.client(node)
+        reply = client.respond(self.server.stage, self.transport(request), self.vectors[node])
+        self.states[node] = client.to_state()
+        return self.transport(reply)
+
+    def step(self, silent: Collection[int] = ()) -> dict[int, dict]:
+        """Run the current stage; ``silent`` nodes do not reply. Returns the replies."""
+        replies = {
+            node: self.ask(node, request)
+            for node, request in self.server.requests().items()
+            if node not in silent
+        }
+        self.server.receive(replies)
+        return replies
+
+    def run_to(self, stage: str) -> None:
+        """Run all stages before ``stage`` with every node replying."""
+        while self.server.stage != stage:
+            self.step()
+
+    def finish(self, silent: Mapping[str, Collection[int]] | None = None) -> SecAggResult:
+        silent = silent or {}
+        while self.server.stage != "done":
+            self.step(silent.get(self.server.stage, ()))
+        return self.server.result()
+
+
+# --- correctness ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_clients", [3, 10, 50])
+def test_secure_sum_equals_plain_sum_mod_2_to_the_m(n_clients: int) -> None:
+    deployment = Deployment(n_clients)
+
+    result = deployment.finish()
+
+    assert result.survivors == deployment.cohort and result.dropped == []
+    assert result.total.dtype == np.uint64 and result.total.shape == (LENGTH,)
+    expected = plain_sum(deployment.vectors, deployment.cohort, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+def test_decoded_mean_matches_float_mean_within_the_quantisation_bound() -> None:
+    n_clients, rows, classes = 10, 50, 4
+    deployment = Deployment(n_clients, length=rows * classes + 1)
+    params = deployment.params
+    rng = np.random.default_rng(3)
+    floats = {}
+    for node in deployment.cohort:
+        probs = rng.dirichlet(np.ones(classes), size=rows)  # (Q, K)
+        noise = rng.normal(0, 0.01, size=probs.shape)  # DP-like noise
+        floats[node] = np.append((0.9 * probs + noise).ravel(), 1.0)  # (Q·K + 1,)
+        floats[node][0] = -rng.uniform(0, 1)  # a negative element
+        deployment.vectors[node] = encode(
+            floats[node], params.frac_bits, params.modulus_bits, BOUND
+        )
+
+    result = deployment.finish()
+
+    decoded = decode_sum(result.total, params.frac_bits, params.modulus_bits)
+    mean = decoded[:-1] / decoded[-1]
+    float_mean = np.mean([floats[node][:-1] for node in deployment.cohort], axis=0)
+    assert decoded[-1] == n_clients
+    assert np.max(np.abs(mean - float_mean)) <= 2.0 ** -(params.frac_bits + 1)
+    assert mean[0] < 0  # negative values survive the modular sum
+
+
+@pytest.mark.parametrize("stage", STAGES[:-1])
+def test_dropouts_in_any_stage_keep_the_exact_survivor_sum(stage: str) -> None:
+    deployment = Deployment(20)
+    silent = deployment.cohort[2:5]
+
+    result = deployment.finish({stage: silent})
+
+    lost_inputs = [] if stage == "unmask" else silent  # an unmask dropout's input is in the sum
+    survivors = [node for node in deployment.cohort if node not in lost_inputs]
+    assert result.survivors == survivors
+    assert result.dropped == sorted(lost_inputs)
+    expected = plain_sum(deployment.vectors, survivors, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+def test_dropouts_in_every_stage_at_once_keep_the_exact_survivor_sum() -> None:
+    deployment = Deployment(50)
+    cohort = deployment.cohort
+    silent = {stage: cohort[3 * i : 3 * i + 2] for i, stage in enumerate(STAGES[:-1])}
+
+    result = deployment.finish(silent)
+
+    lost = {node for stage in STAGES[:3] for node in silent[stage]}
+    assert result.survivors == [node for node in cohort if node not in lost]
+    expected = plain_sum(deployment.vectors, result.survivors, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+def test_too_few_survivors_aborts() -> None:
+    deployment = Deployment(5, policy=SecAggParams(min_cohort=3))
+
+    with pytest.raises(SecAggAbort, match="fewer than min_cohort=3"):
+        deployment.finish({"masked-input": deployment.cohort[:3]})
+
+
+def test_too_few_shares_at_unmask_aborts() -> None:
+    deployment = Deployment(10)  # all-to-all: k = 9, t = 6
+    deployment.run_to("unmask")
+
+    with pytest.raises(SecAggAbort, match=r"only 5 shares .* threshold is 6"):
+        deployment.step(silent=deployment.cohort[:5])
+
+
+@pytest.mark.parametrize("seed", [4, 12])
+def test_nodes_that_lose_their_share_holders_are_dropped_early(seed: int, caplog) -> None:
+    # Heavy random dropouts (30 % at share-keys) that leave some nodes with fewer than t - 1
+    # alive neighbours; the seeds were picked so that the round can still finish.
+    deployment = Deployment(100)
+    silent = random.Random(seed).sample(deployment.cohort, 30)
+
+    with caplog.at_level(logging.INFO, logger="server.secagg"):
+        result = deployment.finish({"share-keys": silent})
+
+    assert "fewer than t-1=10 alive neighbours" in caplog.text
+    assert len(result.survivors) < 70
+    expected = plain_sum(deployment.vectors, result.survivors, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+def through_flower_records(payload: dict) -> dict:
+    """Serialise a payload as Flower ConfigRecord + ArrayRecord protobufs and read it back."""
+    arrays = {key: Array(v) for key, v in payload.items() if isinstance(v, np.ndarray)}
+    config = {key: v for key, v in payload.items() if not isinstance(v, np.ndarray)}
+    records = RecordDict({"config": ConfigRecord(config), "arrays": ArrayRecord(arrays)})
+    back = serde.recorddict_from_proto(serde.recorddict_to_proto(records))
+    return {**back["config"], **{key: array.numpy() for key, array in back["arrays"].items()}}
+
+
+def test_payloads_and_client_state_survive_flower_records() -> None:
+    deployment = Deployment(12, transport=through_flower_records)
+
+    result = deployment.finish({"masked-input": deployment.cohort[:2]})
+
+    expected = plain_sum(deployment.vectors, result.survivors, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+# --- server robustness ----------------------------------------------------------------------
+
+
+def test_malformed_reply_counts_as_a_dropout_with_a_logged_reason(caplog) -> None:
+    deployment = Deployment(10)
+    deployment.run_to("masked-input")
+    bad = deployment.cohort[4]
+    replies = {
+        node: deployment.ask(node, req) for node, req in deployment.server.requests().items()
+    }
+    replies[bad] = {"masked": replies[bad]["masked"].astype(np.int64)}
+
+    with caplog.at_level(logging.WARNING, logger="server.secagg"):
+        deployment.server.receive(replies)
+        result = deployment.finish()
+
+    assert result.dropped == [bad]
+    assert f"node {bad} dropped (malformed reply" in caplog.text
+    expected = plain_sum(deployment.vectors, result.survivors, deployment.params.modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+def test_a_wrong_share_aborts_instead_of_returning_a_wrong_sum() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("unmask")
+    replies = {
+        node: deployment.ask(node, req) for node, req in deployment.server.requests().items()
+    }
+    liar = deployment.cohort[0]
+    replies[liar]["b_shares"] = [bytes(66)] * len(replies[liar]["b_shares"])
+
+    with pytest.raises(SecAggAbort, match="a released share is wrong"):
+        deployment.server.receive(replies)
+
+
+def test_server_validates_its_inputs_and_stage_order() -> None:
+    params = SecAggParams().validate(10, BOUND)
+
+    with pytest.raises(ValueError, match="must be resolved"):
+        SecAggServer(1, make_cohort(10), SecAggParams(), LENGTH)
+    with pytest.raises(ValueError, match="below min_cohort=3"):
+        SecAggServer(1, make_cohort(2), params, LENGTH)
+    deployment = Deployment(3)
+    with pytest.raises(RuntimeError, match="no result yet"):
+        deployment.server.result()
+    deployment.finish()
+    with pytest.raises(RuntimeError, match="done"):
+        deployment.server.requests()
+
+
+# --- client refusals ------------------------------------------------------------------------
+
+
+def refusal(deployment: Deployment, node: int, request: dict, match: str) -> None:
+    """Assert the node refuses ``request`` and keeps its state."""
+    before = deployment.states[node]
+    with pytest.raises(SecAggRefusal, match=match):
+        deployment.ask(node, request)
+    assert deployment.states[node] == before
+
+
+def test_client_refuses_cohorts_below_its_minimum_or_without_it() -> None:
+    deployment = Deployment(6, policy=SecAggParams(min_cohort=5))
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+
+    refusal(deployment, node, {**request, "cohort": deployment.cohort[:4]}, "below min_cohort=5")
+    refusal(deployment, node, {**request, "cohort": deployment.cohort[1:]}, "not in the announced")
+    refusal(deployment, node, {**request, "neighbours": 2, "threshold": 2}, "weaker than this")
+    refusal(deployment, node, {**request, "cohort": deployment.cohort[::-1]}, "sorted")
+
+
+def test_client_refuses_keys_of_non_neighbours_or_fewer_than_t() -> None:
+    deployment = Deployment(20)  # k = 14 < n - 1, so non-neighbours exist
+    deployment.run_to("share-keys")
+    requests = deployment.server.requests()
+    node = deployment.cohort[0]
+    stranger = next(v for v in deployment.cohort if v != node and v not in deployment.graph[node])
+    request = requests[node]
+    forged = {
+        **request,
+        "ids": [*request["ids"], stranger],
+        "c_pks": [*request["c_pks"], requests[stranger]["c_pks"][0]],
+        "s_pks": [*request["s_pks"], requests[stranger]["s_pks"][0]],
+    }
+    few = deployment.params.threshold - 2
+    short = {
+        key: value[:few] if isinstance(value, list) else value for key, value in request.items()
+    }
+
+    refusal(deployment, node, forged, "not neighbours")
+    low_order = {**request, "s_pks": [bytes(32), *request["s_pks"][1:]]}
+    refusal(deployment, node, low_order, "bad public key")
+    refusal(
+        deployment, node, {**request, "c_pks": [b"short", *request["c_pks"][1:]]}, "bad public key"
+    )
+    refusal(deployment, node, short, f"fewer than the threshold t={deployment.params.threshold}")
+
+
+def test_client_refuses_ciphertexts_with_wrong_associated_data() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("masked-input")
+    requests = deployment.server.requests()
+    node, other = deployment.cohort[0], deployment.cohort[1]
+    # Give the node a ciphertext that the same sender addressed to another receiver.
+    sender = next(v for v in requests[node]["ids"] if v in requests[other]["ids"])
+    forged = dict(requests[node])
+    forged["blobs"] = list(forged["blobs"])
+    forged["blobs"][forged["ids"].index(sender)] = requests[other]["blobs"][
+        requests[other]["ids"].index(sender)
+    ]
+
+    refusal(deployment, node, forged, f"from node {sender} failed authentication")
+    refusal(deployment, node, {**requests[node], "round": ROUND + 1}, "request for round 12")
+
+
+def test_client_refuses_unmask_requests_that_could_reveal_both_secrets() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("unmask")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    peer = request["survivors"][0]
+    outsider = 12345  # not in the cohort
+    both = {**request, "dropped": [peer]}
+
+    refusal(deployment, node, both, f"both survivors and dropped: \\[{peer}\\]")
+    refusal(deployment, node, {**request, "dropped": [outsider]}, "no shares held")
+    refusal(deployment, node, {**request, "survivors": [node]}, "no shares held")
+    reply = deployment.ask(node, request)  # the honest request is still answered once
+    assert peer in reply["b_ids"] and node in reply["b_ids"] and peer not in reply["sk_ids"]
+    second = {**request, "survivors": [], "dropped": [peer]}
+    refusal(deployment, node, second, r"unexpected unmask request: .* stage 'done'")
+    refusal(deployment, node, request, "unexpected unmask request")
+
+
+def test_client_refuses_out_of_order_requests() -> None:
+    client = SecAggClient(7, SecAggParams())
+
+    with pytest.raises(SecAggRefusal, match=r"unexpected unmask request: .* stage 'advertise'"):
+        client.unmask({"round": ROUND, "survivors": [], "dropped": []})
+    with pytest.raises(SecAggRefusal, match="unexpected masked-input request"):
+        client.masked_input({"round": ROUND, "ids": [], "blobs": []}, np.zeros(1, np.uint64))
+    with pytest.raises(RuntimeError, match="after the advertise stage"):
+        _ = client.round_params
+    with pytest.raises(SecAggRefusal, match="unknown stage 'fit'"):
+        client.respond("fit", {})
+    with pytest.raises(ValueError, match="needs the encoded input vector"):
+        client.respond("masked-input", {})
+
+
+# --- client state and secrecy ---------------------------------------------------------------
+
+
+def test_client_state_is_flat_and_round_trips_and_secrets_are_wiped() -> None:
+    deployment = Deployment(10)
+    node = deployment.cohort[0]
+    deployment.run_to("share-keys")
+    state = deployment.states[node]
+
+    assert all(
+        isinstance(value, (int, bytes))
+        or (isinstance(value, list) and all(isinstance(v, (int, bytes)) for v in value))
+        for value in state.values()
+    )
+    assert SecAggClient.from_state(state).to_state() == state
+    with pytest.raises(ValueError, match="must have keys"):
+        SecAggClient.from_state({**state, "extra": 1})
+    with pytest.raises(ValueError, match="'cohort' must be"):
+        SecAggClient.from_state({**state, "cohort": ["a"]})
+    secrets = [state["c_sk"], state["s_sk"], state["self_mask_seed"]]
+    shown = repr(deployment.client(node)) + repr(vars(deployment.client(node)))
+    assert all(
+        len(secret) == 32 and secret.hex() not in shown and repr(secret) not in shown
+        for secret in secrets
+    )
+
+    deployment.run_to("unmask")
+    state = deployment.states[node]
+    assert state["c_sk"] == state["s_sk"] == state["self_mask_seed"] == b""
+    assert state["peer_enc_keys"] == state["peer_mask_keys"] == []
+
+
+def test_client_rejects_a_vector_of_the_wrong_shape_or_range() -> None:
+    deployment = Deployment(3, params=SecAggParams().validate(3, BOUND))
+    deployment.run_to("masked-input")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    client = deployment.client(node)
+    too_big = np.full(LENGTH, 2**deployment.params.modulus_bits, dtype=np.uint64)
+
+    with pytest.raises(ValueError, match="shape"):
+        client.masked_input(request, np.zeros(LENGTH - 1, dtype=np.uint64))
+    with pytest.raises(ValueError, match="values must be <"):
+        client.masked_input(request, too_big)
+
+
+def test_masked_inputs_look_uniform_whatever_the_input() -> None:
+    length = 4096
+    params = SecAggParams(modulus_bits=64).validate(5, BOUND)
+    deployment = Deployment(5, params=params, length=length)
+    zero_node, max_node = deployment.cohort[:2]
+    deployment.vectors[zero_node] = np.zeros(length, dtype=np.uint64)
+    deployment.vectors[max_node] = np.full(length, 2**64 - 1, dtype=np.uint64)
+    deployment.run_to("masked-input")
+
+    replies = deployment.step()
+
+    def chi_square(vector: np.ndarray) -> float:
+        counts = np.bincount(vector.view(np.uint8), minlength=256)  # (256,)
+        expected = vector.nbytes / 256
+        return float(np.sum((counts - expected) ** 2 / expected))
+
+    limit = 377.1  # chi-square quantile 1 - 1e-6 at 255 degrees of freedom
+    assert chi_square(replies[zero_node]["masked"]) < limit
+    assert chi_square(replies[max_node]["masked"]) < limit
+    assert chi_square(deployment.vectors[zero_node]) > limit  # the statistic sees structure
