@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from client.privacy import add_dp_noise_share
 from client.secagg import SecAggClient
 from common.config import RunConfig
 from common.logs import get_logger
 from common.protocol import (
+    ROUND_RECORD,
     SECAGG_ARRAYS,
     SECAGG_CONFIG,
     Contribution,
@@ -24,6 +26,7 @@ from common.protocol import (
 from common.secagg import SecAggRefusal
 from common.secure_codec import (
     client_policy,
+    dp_noise_share_std,
     encode_contribution,
     payload_to_records,
     records_to_payload,
@@ -39,11 +42,19 @@ STATE_CONTRIBUTION = "secagg_contribution"
 def start_secure_round(
     msg: Message, context: Context, config: RunConfig, contribution: Contribution
 ) -> Message:
-    """Keep the contribution for stage 3 and answer the advertise stage."""
+    """Add this client's DP noise share (if any), keep the contribution for stage 3 and answer
+    the advertise stage."""
     protocol = SecAggClient(context.node_id, client_policy(config))
     reply = _respond(protocol, "advertise", msg)
+    cohort_size = int(msg.content[ROUND_RECORD]["cohort_size"])
+    noise_std = dp_noise_share_std(config, len(contribution.probs), cohort_size)
+    contribution = add_dp_noise_share(contribution, noise_std)
     context.state[STATE_CONTRIBUTION] = arrays_to_record(
-        {"probs": contribution.probs, "weight": np.array([contribution.weight])}
+        {
+            "probs": contribution.probs,
+            "weight": np.array([contribution.weight]),
+            "noise_std": np.array([noise_std]),
+        }
     )
     context.state[STATE_PROTOCOL] = ConfigRecord(protocol.to_state())
     return _reply(msg, reply)
@@ -58,7 +69,8 @@ def continue_secure_round(msg: Message, context: Context, config: RunConfig, sta
     if stage == "masked-input":
         kept = record_to_arrays(context.state[STATE_CONTRIBUTION])
         contribution = Contribution(probs=kept["probs"], weight=float(kept["weight"][0]))
-        vector = encode_contribution(contribution, protocol.round_params, value_bound(config))
+        bound = value_bound(config, float(kept["noise_std"][0]))
+        vector = encode_contribution(contribution, protocol.round_params, bound)
     reply = _respond(protocol, stage, msg, vector)
     if protocol.stage == "done":  # nothing secret is needed any more
         del context.state[STATE_PROTOCOL]

@@ -76,6 +76,12 @@ class RunConfig:
     secagg_stage_timeout: float = _doc(120.0, "seconds to wait for each later SecAgg stage")
     secagg_weight_bound: float = _doc(1e6, "largest client weight the encoding must hold")
     send_client_metrics: bool = _doc(False, "send per-client metrics even under secagg (a leak)")
+    # --- distributed differential privacy ---
+    dp_noise_multiplier: float = _doc(0.0, "z = σ/Δ₂ of the distributed Gaussian noise; 0 = off")
+    dp_delta: float = _doc(1e-5, "δ at which ε is reported")
+    dp_min_clients: int = _doc(
+        0, "n_min: noise shares sized so n_min survivors carry σ²; 0 = cohort"
+    )
     allow_public_labels: bool = _doc(False, "allow the hard-label ablation term (needs labels)")
     hard_label_weight: float = _doc(0.0, "weight of CE on public hard labels (ablation only)")
 
@@ -177,6 +183,26 @@ class RunConfig:
         )
         for key in ("secagg_stage_timeout", "secagg_weight_bound"):
             _require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        _require(
+            self.dp_noise_multiplier >= 0,
+            f"dp_noise_multiplier must be >= 0 (0 = off), got {self.dp_noise_multiplier}",
+        )
+        _require(0 < self.dp_delta < 1, f"dp_delta must be in (0, 1), got {self.dp_delta}")
+        _require(
+            self.dp_min_clients >= 0,
+            f"dp_min_clients must be >= 0 (0 = cohort size), got {self.dp_min_clients}",
+        )
+        if self.dp_noise_multiplier > 0:
+            _require(
+                self.secagg,
+                "dp_noise_multiplier > 0 needs secagg=true: each client adds only a share of the "
+                "noise, which protects the secure sum, not a report sent in the clear",
+            )
+            _require(
+                self.ensemble == "uniform",
+                "dp_noise_multiplier > 0 needs ensemble=uniform: the sensitivity bound assumes "
+                f"weight 1 per client, got ensemble={self.ensemble!r}",
+            )
         _require(
             self.hard_label_weight >= 0,
             f"hard_label_weight must be >= 0, got {self.hard_label_weight}",

@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 
 from common.config import RunConfig
+from common.dp import noise_share_std, soft_label_sensitivity
 from common.protocol import Contribution, arrays_to_record, record_to_arrays, split_weighted_vector
 from common.secagg import SecAggParams
 from common.secagg.encoding import decode_sum, encode
@@ -28,9 +29,27 @@ def client_policy(config: RunConfig) -> SecAggParams:
     )
 
 
-def value_bound(config: RunConfig) -> float:
-    """B ≥ |x| for every element a client sums: probabilities and weights are ≤ the weight."""
-    return config.secagg_weight_bound if config.ensemble == "weighted" else 1.0
+NOISE_CLIP_SIGMAS = 8.0  # a noise share beyond 8σ has probability ~1e-15 per entry
+
+
+def dp_noise_share_std(config: RunConfig, n_query: int, cohort_size: int) -> float:
+    """Per-client std of the distributed-DP noise on each soft-label entry (0 when DP is off).
+
+    σ = z · Δ₂ with Δ₂ = sqrt(2·Q) (replace one client, rows on the simplex; see common.dp),
+    split so that n_min = `dp_min_clients` (or the cohort size) shares carry σ².
+    """
+    if config.dp_noise_multiplier == 0:
+        return 0.0
+    n_min = config.dp_min_clients or cohort_size
+    sensitivity = soft_label_sensitivity(n_query, "replace")
+    return noise_share_std(config.dp_noise_multiplier, sensitivity, n_min)
+
+
+def value_bound(config: RunConfig, noise_std: float = 0.0) -> float:
+    """B ≥ |x| for every element a client sums: probabilities and weights are ≤ the weight,
+    plus room for a DP noise share clipped at NOISE_CLIP_SIGMAS standard deviations."""
+    base = config.secagg_weight_bound if config.ensemble == "weighted" else 1.0
+    return base + NOISE_CLIP_SIGMAS * noise_std
 
 
 def encode_contribution(

@@ -69,7 +69,12 @@ class RoundPlan:
             arrays["digest_indices"] = self.digest_indices
             arrays["digest_probs"] = self.digest_probs.astype(np.float32)
         round_config = ConfigRecord(
-            {"round": self.round, "public_hash": self.public_hash, **(extra or {})}
+            {
+                "round": self.round,
+                "public_hash": self.public_hash,
+                "cohort_size": len(self.cohort),
+                **(extra or {}),
+            }
         )
         content = RecordDict({ROUND_RECORD: round_config, ARRAYS_RECORD: arrays_to_record(arrays)})
         return Message(

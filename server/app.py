@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits, public_hash
+from common.dp import epsilon
 from common.kd import ensemble_mean, era_sharpen
 from common.logs import get_logger
 from common.metrics import accuracy
@@ -84,6 +85,8 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
             ensemble = era_sharpen(ensemble, config.era_temperature)
         previous = (plan.query_indices, ensemble)
         row.update(_distill_and_evaluate(student, splits, plan, ensemble, aggregate, round_number))
+        if config.dp_noise_multiplier > 0:
+            row.update(_privacy_columns(config, plan, aggregate, round_number))
         row["seconds"] = time.perf_counter() - round_start
         results.append_round(row)
         results.write_checkpoint({**student.checkpoint(), "round": round_number})
@@ -161,6 +164,25 @@ def _distill_and_evaluate(
         "aggregate_seconds": aggregate.seconds,
         "distill_seconds": distill_seconds,
     }
+
+
+def _privacy_columns(
+    config: RunConfig, plan: RoundPlan, aggregate: Aggregate, round_number: int
+) -> dict[str, Any]:
+    """ε(δ) after this round (every client counted in every round so far) and whether enough
+    noise shares reached the sum for that ε to hold."""
+    n_min = config.dp_min_clients or len(plan.cohort)
+    noise_ok = len(aggregate.contributors) >= n_min
+    if not noise_ok:
+        log.warning(
+            "round %d: only %d of n_min=%d noise shares reached the sum: the reported ε does "
+            "not hold for this round",
+            round_number,
+            len(aggregate.contributors),
+            n_min,
+        )
+    eps = epsilon(config.dp_noise_multiplier, round_number, config.dp_delta)
+    return {"dp_epsilon": eps, "dp_noise_ok": noise_ok}
 
 
 def _finish(results: RunDirectory, wall_start: float) -> None:

@@ -21,6 +21,7 @@ from common.secagg import STAGES, SecAggAbort
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
+    dp_noise_share_std,
     payload_to_records,
     records_to_payload,
     value_bound,
@@ -40,8 +41,8 @@ class SecureAggregator:
     """Collects Σ w_i·P_i with SecAgg+; the server never sees one client's soft labels."""
 
     def __init__(self, config: RunConfig) -> None:
+        self.config = config
         self.policy = client_policy(config)
-        self.bound = value_bound(config)
         self.stage_timeout = config.secagg_stage_timeout
 
     def collect(self, grid: Grid, plan: RoundPlan) -> Aggregate:
@@ -49,8 +50,9 @@ class SecureAggregator:
         cohort = [node.node_id for node in plan.cohort]
         labels = {node.node_id: node.label for node in plan.cohort}
         length = len(plan.query_indices) * plan.num_classes + 1
+        noise_std = dp_noise_share_std(self.config, len(plan.query_indices), len(cohort))
         try:
-            params = self.policy.validate(len(cohort), self.bound)
+            params = self.policy.validate(len(cohort), value_bound(self.config, noise_std))
         except ValueError as error:
             raise RoundFailed(
                 f"round {plan.round}: secure aggregation impossible: {error}"
