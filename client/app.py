@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data_source import load_private_data
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from client.teacher import RoundInput, new_teacher, run_local_round
+from client.teacher_store import TeacherStore
 from common.config import RunConfig
 from common.data import load_splits, public_hash
 from common.logs import get_logger
@@ -26,8 +27,6 @@ from common.training import resolve_device
 
 log = get_logger(__name__)
 app = ClientApp()
-
-TEACHER_STATE = "teacher"
 
 
 class PublicSetMismatch(ValueError):
@@ -68,12 +67,14 @@ def train(msg: Message, context: Context) -> Message:
     private = load_private_data(config, context.node_config)
     device = resolve_device(config.device)
 
-    teacher = new_teacher(config, splits, private.index)
-    if TEACHER_STATE in context.state:
-        teacher.load_state_dict(context.state[TEACHER_STATE].to_torch_state_dict())
     request = _round_input(msg)
+    store = TeacherStore.for_node(context, config, private.label)
+    teacher = new_teacher(config, splits, private.index)
+    saved = store.load(request.round)
+    if saved is not None:
+        teacher.load_state_dict(saved)
     contribution, metrics = run_local_round(teacher, config, splits, private, request, device)
-    context.state[TEACHER_STATE] = ArrayRecord(torch_state_dict=teacher.cpu().state_dict())
+    store.save(request.round, teacher.cpu().state_dict())
 
     if bool(round_config.get("secagg", False)):
         return start_secure_round(msg, context, config, contribution)

@@ -34,6 +34,7 @@ class RunConfig:
     seed: int = _doc(0, "seed for data generation, partitioning, models and sampling")
     rounds: int = _doc(5, "number of federated-distillation rounds")
     out_dir: str = _doc("", "results directory; empty = runs/<timestamp> under the cwd")
+    resume: bool = _doc(False, "continue the run in out_dir from its last completed round")
     device: str = _doc("auto", "auto (CUDA when present), cpu or cuda")
     client_threads: int = _doc(1, "torch CPU threads per client (fixed for reproducibility)")
     # --- data ---

@@ -66,8 +66,10 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         device,
         results.path,
     )
-    previous: tuple[np.ndarray, np.ndarray] | None = None  # (indices, ensemble probs)
-    for round_number in range(1, config.rounds + 1):
+    first_round, previous = 1, None  # previous = (query indices, ensemble probs)
+    if config.resume:
+        first_round, previous = _resume(results, student)
+    for round_number in range(first_round, config.rounds + 1):
         round_start = time.perf_counter()
         row: dict[str, Any] = {"round": round_number}
         try:
@@ -78,7 +80,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         except (RoundFailed, ValueError) as error:
             log.error("round %d skipped: %s", round_number, error)
             row.update(status=f"failed: {error}", seconds=time.perf_counter() - round_start)
-            results.append_round(row)
+            _save_round(results, student, row, previous)
             continue
         ensemble = ensemble_mean(aggregate.weighted_sum, aggregate.total_weight)  # (Q, K)
         if config.era_temperature > 0:
@@ -88,8 +90,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         if config.dp_noise_multiplier > 0:
             row.update(_privacy_columns(config, plan, aggregate, round_number))
         row["seconds"] = time.perf_counter() - round_start
-        results.append_round(row)
-        results.write_checkpoint({**student.checkpoint(), "round": round_number})
+        _save_round(results, student, row, previous)
         log.info(
             "round %d/%d: student acc %.4f nll %.3f ece %.3f | ensemble(public) acc %.4f | "
             "%d clients (%d failed) | %.1fs",
@@ -105,6 +106,47 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         )
     _finish(results, wall_start)
     return results.path
+
+
+def _save_round(
+    results: RunDirectory,
+    student: Student,
+    row: dict[str, Any],
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> None:
+    """Persist everything a resumed run needs, then the metrics table derived from it.
+
+    The checkpoint (student, optimizer, round, previous ensemble, metrics rows) is one atomic
+    file, so a crash leaves either the previous round's state or this round's, never a mix.
+    """
+    rows = [*results.rows, row]
+    results.write_checkpoint(
+        {
+            **student.checkpoint(),
+            "round": row["round"],
+            "previous_indices": None if previous is None else previous[0],
+            "previous_probs": None if previous is None else previous[1],
+            "rows": rows,
+        }
+    )
+    results.append_round(row)
+
+
+def _resume(
+    results: RunDirectory, student: Student
+) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+    """Restore the last completed round from the run directory; returns (next round, previous)."""
+    checkpoint = results.read_checkpoint()
+    if checkpoint is None:
+        log.info("resume: no checkpoint in %s, starting at round 1", results.path)
+        return 1, None
+    student.restore(checkpoint)
+    results.restore_rows(checkpoint["rows"])
+    previous = None
+    if checkpoint["previous_probs"] is not None:
+        previous = (checkpoint["previous_indices"], checkpoint["previous_probs"])
+    log.info("resume: continuing %s after round %d", results.path, checkpoint["round"])
+    return int(checkpoint["round"]) + 1, previous
 
 
 def _plan_round(

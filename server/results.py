@@ -35,11 +35,26 @@ class RunDirectory:
         self._write_json("config.json", config)
 
     def append_round(self, row: dict[str, Any]) -> None:
-        """Add one round's metrics and rewrite `metrics.csv`."""
+        """Add one round's metrics and rewrite `metrics.csv` (atomically, whole file)."""
         self.rows.append(row)
         buffer = io.StringIO()
         pd.DataFrame(self.rows).to_csv(buffer, index=False)
         atomic_write_bytes(self.path / "metrics.csv", buffer.getvalue().encode())
+
+    def restore_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Continue from rows saved in a checkpoint (metrics.csv is rewritten from them)."""
+        self.rows = []
+        for row in rows:
+            self.append_round(row)
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint (`student.pt`), or None if there is none."""
+        import torch
+
+        path = self.path / "student.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Store the final figures of the run."""

@@ -62,6 +62,11 @@ class Student:
             "student_ece": expected_calibration_error(probs, y),
         }
 
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Load model and optimizer state written by `checkpoint`."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+
     def checkpoint(self) -> dict[str, Any]:
         """Model and optimizer state, on CPU."""
         return {

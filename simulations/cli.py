@@ -50,11 +50,23 @@ def resolve_config(config_name: str, overrides: list[str], out: str | None) -> R
     return RunConfig.from_mapping(values)
 
 
+def resume_config(run_dir: Path) -> RunConfig:
+    """The config of an earlier run in `run_dir`, set to continue from its last round."""
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"cannot resume {str(run_dir)!r}: it has no config.json")
+    values = json.loads(config_path.read_text())
+    return RunConfig.from_mapping({**values, "resume": True, "out_dir": str(run_dir.resolve())})
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from common.data import load_splits
     from simulations.launcher import default_resources, simulate
 
-    config = resolve_config(args.config, args.set, args.out)
+    if args.resume:
+        config = resume_config(Path(args.resume))
+    else:
+        config = resolve_config(args.config, args.set, args.out)
     resources = default_resources(config)
     if args.client_gpus is not None:
         resources = dataclasses.replace(resources, client_gpus=args.client_gpus)
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default="default", help="named config or TOML path")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", help="results directory (default runs/<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
     run.add_argument("--client-gpus", type=float, help="GPU fraction per client (CUDA only)")
     run.set_defaults(handler=_cmd_run)
     return parser

@@ -8,8 +8,10 @@ runs and tests can run side by side and leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from simulations.processes import free_port, owned_processes, start_process, wai
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "feddistill-sim"
+PID_FILE = "superlink.pid"
 OFFLINE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -104,6 +107,7 @@ def simulate(
         )
         run_config_path = home_path / "run_config.toml"
         run_config_path.write_text(run_config_toml(config))
+        stop_stale_superlink(out_dir)
         superlink = start_process(
             [
                 _bin("flower-superlink"),
@@ -120,6 +124,7 @@ def simulate(
             env=_with_bin_on_path(env),
         )
         procs.append(superlink)
+        (out_dir / PID_FILE).write_text(str(superlink.pid))
         wait_for_port("127.0.0.1", port, timeout=60, process=superlink)
         command = [
             _bin("flwr"),
@@ -144,6 +149,23 @@ def simulate(
             f"see {out_dir / 'superlink.log'} and the log above"
         )
     return out_dir
+
+
+def stop_stale_superlink(out_dir: Path) -> None:
+    """Kill the process group of a SuperLink an earlier, killed launcher left for this run.
+
+    A launcher stopped by SIGKILL cannot stop its SuperLink (its own session); a resumed run
+    must not share the run directory with that orphan, so it is killed first.
+    """
+    pid_file = out_dir / PID_FILE
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().strip() or 0)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if pid > 0 and cmdline.exists() and b"flower-superlink" in cmdline.read_bytes():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
 
 
 def _bin(name: str) -> str:
