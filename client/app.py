@@ -7,7 +7,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data_source import load_private_data
+from client.data_source import load_private_data, node_run_config
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from client.teacher import RoundInput, new_teacher, run_local_round
 from client.teacher_store import TeacherStore
@@ -34,7 +34,7 @@ class PublicSetMismatch(ValueError):
 
 
 def _run_config(context: Context) -> RunConfig:
-    return RunConfig.from_mapping(context.run_config)
+    return node_run_config(context.run_config, context.node_config)
 
 
 def _check_public_hash(expected: str, ours: str) -> None:
@@ -81,7 +81,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             CONTRIBUTION_RECORD: arrays_to_record({"probs": contribution.probs}),
-            ROUND_RECORD: ConfigRecord({"weight": contribution.weight}),
+            ROUND_RECORD: ConfigRecord(
+                {"weight": contribution.weight, "public_hash": public_hash(splits.public_x)}
+            ),
         }
     )
     if config.send_client_metrics or not config.secagg:

@@ -146,7 +146,7 @@ class PlainAggregator:
         total_weight, contributors, failed, metrics, bytes_up = 0.0, [], {}, {}, 0
         for node in plan.cohort:  # stable order: the float sum does not depend on arrival
             reply = replies.get(node.node_id)
-            reason, probs, weight = _unpack(reply, expected_shape)
+            reason, probs, weight = _unpack(reply, expected_shape, plan.public_hash)
             if reply is not None and not reply.has_error():
                 bytes_up += payload_bytes(reply.content)
             if reason is not None:
@@ -182,7 +182,7 @@ class PlainAggregator:
 
 
 def _unpack(
-    reply: Message | None, expected_shape: tuple[int, int]
+    reply: Message | None, expected_shape: tuple[int, int], public_digest: str
 ) -> tuple[str | None, np.ndarray, float]:
     empty = np.empty(0)
     if reply is None:
@@ -192,8 +192,11 @@ def _unpack(
     try:
         probs = record_to_arrays(reply.content[CONTRIBUTION_RECORD])["probs"]
         weight = float(reply.content[ROUND_RECORD]["weight"])
+        reported_hash = str(reply.content[ROUND_RECORD]["public_hash"])
     except (KeyError, TypeError, ValueError) as error:
         return f"malformed reply ({error!r})", empty, 0.0
+    if reported_hash != public_digest:
+        return f"public-set hash {reported_hash[:16]}… differs from the server's", empty, 0.0
     if not np.isfinite(weight) or weight <= 0:
         return f"weight must be finite and > 0, got {weight}", empty, 0.0
     reason = validate_probs(probs, expected_shape)

@@ -188,6 +188,7 @@ def _distill_and_evaluate(
     round_number: int,
 ) -> dict[str, Any]:
     public_y = splits.public_y[plan.query_indices]
+    labels = {node.node_id: node.label for node in plan.cohort}
     distill_start = time.perf_counter()
     loss = student.distill(round_number, splits.public_x[plan.query_indices], ensemble, public_y)
     distill_seconds = time.perf_counter() - distill_start
@@ -201,6 +202,9 @@ def _distill_and_evaluate(
         "distill_loss": loss,
         "clients": len(aggregate.contributors),
         "clients_failed": len(aggregate.failed),
+        "failures": "; ".join(
+            f"{labels.get(node, node)}: {reason}" for node, reason in aggregate.failed.items()
+        ),
         "bytes_up": aggregate.bytes_up,
         "bytes_down": aggregate.bytes_down,
         "aggregate_seconds": aggregate.seconds,

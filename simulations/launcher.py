@@ -82,6 +82,7 @@ def simulate(
     resources: SimulationResources | None = None,
     stream_to: int | None = None,
     timeout: float | None = None,
+    app_dir: Path = APP_DIR,
 ) -> Path:
     """Run one simulation to completion and return its results directory.
 
@@ -91,6 +92,7 @@ def simulate(
     resources : per-client resources; default `default_resources(config)`.
     stream_to : file descriptor for the run's log stream (default: this process's stdout).
     timeout : seconds before the run is abandoned (everything is stopped either way).
+    app_dir : the Flower app to run (default: this repository).
     """
     if not config.out_dir:
         raise ValueError("simulate() needs config.out_dir; the CLI picks runs/<timestamp>")
@@ -129,7 +131,7 @@ def simulate(
         command = [
             _bin("flwr"),
             "run",
-            str(APP_DIR),
+            str(app_dir),
             CONNECTION,
             "--run-config",
             str(run_config_path),
@@ -142,6 +144,7 @@ def simulate(
         )
         procs.append(run)
         returncode = run.wait(timeout=timeout)
+    (out_dir / PID_FILE).unlink(missing_ok=True)  # the SuperLink is stopped by now
     summary = out_dir / "summary.json"
     if returncode != 0 or not summary.exists():
         raise RuntimeError(

@@ -1,0 +1,129 @@
+"""Fault tolerance on the real Flower runtime: malformed replies, crashing clients, kill -9."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from common.config import RunConfig
+from simulations.cli import load_named_config
+from simulations.launcher import APP_DIR, SimulationResources, simulate
+
+TIMING = ["seconds", "aggregate_seconds", "distill_seconds"]
+
+
+def _smoke(tmp_path: Path, **changes: object) -> RunConfig:
+    values = {**load_named_config("smoke"), "data_dir": str(tmp_path / "data"), **changes}
+    return RunConfig.from_mapping(values)
+
+
+def _faulty_app(tmp_path: Path) -> Path:
+    """A copy of our app whose ClientApp is tests/apps/faulty_clientapp.py."""
+    app = tmp_path / "faulty_app"
+    for package in ("common", "client", "server"):
+        shutil.copytree(
+            APP_DIR / package, app / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(Path(__file__).parent / "apps" / "faulty_clientapp.py", app)
+    pyproject = (APP_DIR / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(
+        pyproject.replace('clientapp = "client.app:app"', 'clientapp = "faulty_clientapp:app"')
+    )
+    return app
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    tmp_path = tmp_path_factory.mktemp("faulty")
+    config = _smoke(
+        tmp_path,
+        num_clients=9,
+        rounds=3,
+        secagg=False,
+        min_clients=2,
+        out_dir=str(tmp_path / "run"),
+    )
+    out = simulate(config, SimulationResources(num_supernodes=9), app_dir=_faulty_app(tmp_path))
+    return pd.read_csv(out / "metrics.csv")
+
+
+def test_malformed_replies_are_left_out_with_their_reason(faulty_run: pd.DataFrame) -> None:
+    first = faulty_run.iloc[0]
+    assert first["status"] == "ok"
+    assert first["clients"] == 2
+    assert first["clients_failed"] == 7
+    failures = first["failures"]
+    for partition, reason in {
+        2: "NaN or Inf",
+        3: "shape (",
+        4: "rows do not sum to 1",
+        5: "injected crash",
+        6: "dtype float64",
+        7: "values outside [0, 1]",
+        8: "public-set hash",
+    }.items():
+        assert f"partition-{partition}: " in failures
+        entry = failures.split(f"partition-{partition}: ")[1].split(";")[0]
+        assert reason in entry, (partition, entry)
+
+
+def test_round_below_minimum_is_skipped_and_the_next_round_proceeds(
+    faulty_run: pd.DataFrame,
+) -> None:
+    second, third = faulty_run.iloc[1], faulty_run.iloc[2]
+    assert second["status"].startswith("failed:")
+    assert "1 valid contributions < min_clients=2" in second["status"]
+    assert pd.isna(second["student_accuracy"])
+    assert third["status"] == "ok"
+    assert third["clients"] == 9
+
+
+def _wait_for_rows(metrics: Path, rows: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(pd.read_csv(metrics)) >= rows:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{metrics} did not reach {rows} rows in {timeout}s")
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = ["--config", "smoke", "--set", "rounds=3", "--set", f"data_dir={tmp_path / 'data'}"]
+    cli = [sys.executable, "-m", "simulations.cli", "run", *common]
+    reference = subprocess.run(
+        [*cli, "--out", str(tmp_path / "reference")], capture_output=True, timeout=400
+    )
+    assert reference.returncode == 0, reference.stdout.decode()[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    victim = subprocess.Popen(
+        [*cli, "--out", str(killed_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_rows(killed_dir / "metrics.csv", rows=1, timeout=300)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)  # the launcher, as a crash would take it
+        victim.wait()
+    assert not (killed_dir / "summary.json").exists()
+
+    resumed = subprocess.run(
+        [*cli[:4], "--resume", str(killed_dir)], capture_output=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stdout.decode()[-2000:]
+
+    expected = pd.read_csv(tmp_path / "reference" / "metrics.csv").drop(columns=TIMING)
+    actual = pd.read_csv(killed_dir / "metrics.csv").drop(columns=TIMING)
+    assert len(actual) == 3
+    pd.testing.assert_frame_equal(actual, expected)
+    assert not (killed_dir / "superlink.pid").exists()
