@@ -2,7 +2,9 @@
 
 Node config keys (set per SuperNode with `--node-config`, or by the simulation engine):
 `partition-id` / `num-partitions` select a partition of the configured dataset (demos and
-simulation); `data-path` points to the node's own `.npz` (arrays `x`, `y`) or parquet folder.
+simulation); `data-path` points to the node's own `.npz` (arrays `x`, `y`) or parquet folder;
+`data-dir` is the node's own cache for generated/downloaded data (overrides the run config's
+`data_dir`, which names a directory on the server's host).
 """
 
 from __future__ import annotations
@@ -15,6 +17,19 @@ import numpy as np
 
 from common.config import RunConfig
 from common.data import load_flower_dataset, load_npz, load_splits, partition_indices
+
+
+def node_run_config(
+    run_config: Mapping[str, object], node_config: Mapping[str, object]
+) -> RunConfig:
+    """The run config as this node applies it: node-local paths replace the server's."""
+    config = RunConfig.from_mapping(run_config)
+    if "data-dir" in node_config:
+        data_dir = str(node_config["data-dir"]).strip()
+        if not data_dir:
+            raise ValueError("node config 'data-dir' must be a directory path, got ''")
+        config = config.replace(data_dir=str(Path(data_dir).expanduser()))
+    return config
 
 
 @dataclass(frozen=True)

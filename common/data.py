@@ -169,12 +169,13 @@ def load_flower_dataset(name_or_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
     Train and test splits are pooled; our own seeded split re-cuts them.
     """
+    from datasets import get_dataset_split_names
     from flwr_datasets import FederatedDataset
     from flwr_datasets.partitioner import IidPartitioner
 
     fds = FederatedDataset(dataset=name_or_dir, partitioners={"train": IidPartitioner(1)})
     xs, ys = [], []
-    for split in fds.dataset_dict:  # type: ignore[union-attr]
+    for split in get_dataset_split_names(name_or_dir):  # FederatedDataset does not list splits
         table = fds.load_split(split)
         image_column = next((c for c in IMAGE_COLUMNS if c in table.column_names), None)
         if image_column is None or "label" not in table.column_names:
