@@ -1,9 +1,10 @@
-"""The `feddistill` command: run simulations (and, as they land, benchmarks and experiments)."""
+"""The `feddistill` command: simulations, benchmarks, leakage experiments and deployment."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import tomllib
@@ -14,6 +15,7 @@ from typing import Any
 from common.config import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SUBCOMMAND_MODULES = ("simulations.bench.cli", "simulations.leak.cli", "deploy.cli")
 
 
 def load_named_config(name_or_path: str) -> dict[str, Any]:
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
     run.add_argument("--client-gpus", type=float, help="GPU fraction per client (CUDA only)")
     run.set_defaults(handler=_cmd_run)
+    for module in SUBCOMMAND_MODULES:  # each adds its own subcommands
+        importlib.import_module(module).register(commands)
     return parser
 
 

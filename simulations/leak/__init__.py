@@ -1,1 +1,2 @@
-"""Privacy-leakage experiments: attack scores, attack metrics and their plots."""
+"""Privacy-leakage experiments (`feddistill leak`): attacks on simulated clients, their scores,
+metrics, plots and reports."""

@@ -1,0 +1,209 @@
+"""`feddistill deploy …` and `feddistill cluster`: deployment files and a one-machine cluster.
+
+`simulations/cli.py` calls `register(subparsers)`; `python -m deploy.cli …` runs the same
+subcommands on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from simulations.cli import resolve_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `deploy` and `cluster` subcommands to the `feddistill` parser."""
+    deploy = subparsers.add_parser(
+        "deploy", help="create certificates and keys for a SuperLink/SuperNode deployment"
+    )
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+
+    certs = deploy_commands.add_parser(
+        "certs",
+        help="CA, SuperLink TLS certificate and (optionally) SuperNode key pairs",
+        description="Write ca.crt/ca.key, server.pem/server.key and, with --nodes N, "
+        "supernodes/supernode-<i>.key/.pub into --out. Private keys get mode 0600; "
+        "existing files are never overwritten.",
+    )
+    certs.add_argument("--out", required=True, type=Path, help="output directory")
+    certs.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="IP or DNS name SuperNodes use to reach the SuperLink (repeatable; "
+        "127.0.0.1, ::1 and localhost are always included)",
+    )
+    certs.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to create")
+    certs.add_argument("--days", type=int, default=365, help="certificate validity in days")
+    certs.set_defaults(handler=_cmd_certs)
+
+    node_key = deploy_commands.add_parser(
+        "node-key",
+        help="one SuperNode authentication key pair (run it on the SuperNode's host)",
+    )
+    node_key.add_argument("--out", required=True, type=Path, help="output directory")
+    node_key.add_argument("--name", required=True, help="key name: writes NAME.key, NAME.pub")
+    node_key.set_defaults(handler=_cmd_node_key)
+
+    run_config = deploy_commands.add_parser(
+        "run-config",
+        help="write the full run config for `flwr run --run-config FILE` on a deployment",
+    )
+    run_config.add_argument("--config", default="default", help="named config or TOML path")
+    run_config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run_config.add_argument(
+        "--out", required=True, help="absolute results directory on the SuperLink host"
+    )
+    run_config.add_argument("--file", type=Path, help="write here instead of to stdout")
+    run_config.set_defaults(handler=_cmd_run_config)
+
+    cluster = subparsers.add_parser(
+        "cluster",
+        help="run on a real SuperLink + SuperNodes on this machine (TLS + node auth)",
+        description="Start a SuperLink with TLS and SuperNode authentication and N "
+        "authenticated SuperNodes on free loopback ports, run one experiment with "
+        "`flwr run`, collect the run directory and stop everything.",
+    )
+    cluster.add_argument(
+        "--nodes", type=int, help="number of SuperNodes, node i serving partition i (default 3)"
+    )
+    cluster.add_argument(
+        "--node-config",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="one SuperNode per use, with this node config, e.g. \"data-path='/d/a.npz'\" "
+        "(instead of --nodes)",
+    )
+    cluster.add_argument("--config", default="default", help="named config or TOML path")
+    cluster.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cluster.add_argument("--out", help="results directory (default runs/<timestamp>)")
+    cluster.add_argument("--timeout", type=float, help="seconds before the run is abandoned")
+    cluster.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep certificates, keys and Flower state here (default: a temporary directory)",
+    )
+    cluster.add_argument(
+        "--insecure",
+        action="store_true",
+        help="LOCAL DEMO ONLY: no TLS and no SuperNode authentication",
+    )
+    cluster.set_defaults(handler=_cmd_cluster)
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from deploy.certs import generate_deployment_files
+
+    files = generate_deployment_files(args.out, args.san, nodes=args.nodes, days=args.days)
+    server = files.server
+    print(f"feddistill: wrote to {args.out.resolve()}")
+    print(f"  CA certificate      {server.ca_cert}  (give to every SuperNode and flwr user)")
+    print(f"  CA private key      {server.ca_key}  (operator only; keep offline)")
+    print(f"  SuperLink cert/key  {server.server_cert}, {server.server_key}")
+    print(f"  SANs                {', '.join(server.sans)}")
+    for pair in files.nodes:
+        print(f"  {pair.name:<19} {pair.private_key} (node only), {pair.public_key} (register)")
+    return 0
+
+
+def _cmd_node_key(args: argparse.Namespace) -> int:
+    from deploy.certs import generate_node_key
+
+    pair = generate_node_key(args.out, args.name)
+    print(f"feddistill: private key {pair.private_key} (stays on this host, mode 0600)")
+    print(f"feddistill: public key  {pair.public_key} (send to the SuperLink operator)")
+    return 0
+
+
+def _cmd_run_config(args: argparse.Namespace) -> int:
+    from simulations.launcher import run_config_toml
+
+    if not Path(args.out).is_absolute():
+        raise ValueError(f"--out must be an absolute path on the SuperLink host, got {args.out!r}")
+    text = run_config_toml(resolve_config(args.config, args.set, args.out))
+    if args.file is None:
+        sys.stdout.write(text)
+    else:
+        args.file.write_text(text)
+        print(f"feddistill: run config written to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from common.data import load_splits
+    from deploy.cluster import NodeConfigValue, parse_node_config, run_cluster
+
+    if args.nodes is not None and args.node_config:
+        raise ValueError("give either --nodes or --node-config (one per SuperNode), not both")
+    nodes: int | list[dict[str, NodeConfigValue]] = 3 if args.nodes is None else args.nodes
+    if args.node_config:
+        nodes = [parse_node_config(text) for text in args.node_config]
+    config = resolve_config(args.config, args.set, args.out)
+    if isinstance(nodes, int) and config.num_clients != nodes:
+        print(
+            f"feddistill: the config has num_clients={config.num_clients}; deploying {nodes} "
+            "SuperNodes, one partition each",
+            flush=True,
+        )
+    print(f"feddistill: preparing data ({config.dataset}) …", flush=True)
+    load_splits(config)  # generate/cache once, before the SuperNodes start
+    with _sigterm_as_exit():
+        try:
+            result = run_cluster(
+                config,
+                nodes=nodes,
+                insecure=args.insecure,
+                workdir=args.workdir.resolve() if args.workdir else None,
+                timeout=args.timeout,
+                stream_to=sys.stdout,
+                progress=lambda text: print(text, flush=True),
+            )
+        except TimeoutError as error:
+            raise RuntimeError(str(error)) from error
+    summary = result.summary
+    print(
+        f"feddistill: done in {summary['wall_seconds']:.0f}s — "
+        f"{summary['rounds_completed']}/{summary['rounds']} rounds, student accuracy "
+        f"{summary.get('student_accuracy', float('nan')):.4f}\n"
+        f"results: {result.out_dir}\nlogs: {result.logs_dir}",
+        flush=True,
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    # SIGTERM would end Python without unwinding; as SystemExit, owned_processes stops the
+    # SuperLink and SuperNodes first.
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the deployment subcommands without the rest of `feddistill`."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.cli", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, RuntimeError) as error:
+        print(f"feddistill: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Peak memory of this process and all its descendants, sampled from /proc in a thread.
+
+Two sums are kept per sample: RSS (resident set; pages shared between processes, e.g. the
+torch libraries every worker maps, count once per process, so it overstates) and PSS
+(proportional set size; shared pages split between the processes that map them, so the sum is
+the tree's real footprint). Linux only: without /proc both peaks stay 0.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from types import TracebackType
+
+PROC = Path("/proc")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def descendants(root_pid: int) -> list[int]:
+    """`root_pid` and every process below it (from each /proc/<pid>/stat's parent field)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name may contain spaces and parentheses: parse after the last ')'.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children[parent].append(int(entry.name))
+    tree, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return tree
+
+
+def tree_memory(root_pid: int) -> tuple[int, int, int]:
+    """(RSS bytes, PSS bytes, process count) summed over the process tree of `root_pid`."""
+    rss = pss = count = 0
+    for pid in descendants(root_pid):
+        try:
+            rss += int((PROC / str(pid) / "statm").read_text().split()[1]) * PAGE_BYTES
+            pss += _pss(pid)
+            count += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return rss, pss, count
+
+
+def _pss(pid: int) -> int:
+    for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakMemory:
+    """Context manager sampling the tree of this process every `interval` seconds.
+
+    Attributes
+    ----------
+    peak_rss, peak_pss : largest sums seen, in bytes.
+    peak_processes : most processes seen at once.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak_rss = self.peak_pss = self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        if PROC.exists():
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample_until_stopped(self) -> None:
+        pid = os.getpid()
+        while True:
+            rss, pss, count = tree_memory(pid)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_processes = max(self.peak_processes, count)
+            if self._stop.wait(self.interval):
+                return

@@ -1,0 +1,151 @@
+"""Federated distillation as a plain single-process loop: the same compute without Flower.
+
+Every round does what the simulation does, with the same functions and seeds: sample the cohort
+(`sample_cohort`), pick the public query, run each client's `run_local_round` on its partition
+(with `client_threads` torch threads, as a ClientApp does), add DP noise shares, sum the soft
+labels (through the same SecAgg+ protocol objects when `secagg` is on, in memory instead of
+over messages), form the ensemble, distil and evaluate the `Student`. The difference to the
+simulation is the framework: messages, serialisation, actors, state persistence.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.privacy import add_dp_noise_share
+from client.secagg import SecAggClient
+from client.teacher import RoundInput, new_teacher, run_local_round
+from common.config import RunConfig
+from common.data import DatasetSplits
+from common.kd import ensemble_mean, era_sharpen
+from common.metrics import accuracy
+from common.protocol import Contribution
+from common.secagg import STAGES
+from common.secure_codec import (
+    client_policy,
+    decode_aggregate,
+    dp_noise_share_std,
+    encode_contribution,
+    value_bound,
+)
+from common.training import resolve_device, seeded_generator
+from server.cohort import NodeInfo, sample_cohort
+from server.secagg import SecAggServer
+from server.student import Student
+from simulations.bench.baselines import client_data
+
+GRAPH_SEED_TAG = 31
+
+
+def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
+    """Run `config.rounds` rounds in this process; one metrics row per round.
+
+    Rows carry the simulation's column names: `seconds` spans the same work as the ServerApp's
+    round time (sampling through evaluation), `aggregate_seconds` the clients plus the sum.
+    """
+    device = resolve_device(config.device)
+    server_threads = torch.get_num_threads()
+    clients = client_data(config, splits)
+    nodes = [NodeInfo(node_id=p.index + 1, index=p.index, label=p.label) for p in clients]
+    teachers: dict[int, torch.nn.Module] = {}
+    student = Student(config, splits, device)
+    previous: tuple[np.ndarray, np.ndarray] | None = None
+    rows = []
+    for round_number in range(1, config.rounds + 1):
+        round_start = time.perf_counter()
+        cohort = sample_cohort(
+            nodes, config.fraction, config.min_clients, config.seed, round_number
+        )
+        query = query_indices(config, len(splits.public_x), round_number)
+        digest = previous if config.digest_epochs else None
+        request = RoundInput(
+            round=round_number,
+            query_indices=query,
+            digest_indices=None if digest is None else digest[0],
+            digest_probs=None if digest is None else digest[1].astype(np.float32),
+        )
+        torch.set_num_threads(config.client_threads)
+        contributions = {}
+        for node in cohort:
+            if node.index not in teachers:
+                teachers[node.index] = new_teacher(config, splits, node.index)
+            contribution, _ = run_local_round(
+                teachers[node.index], config, splits, clients[node.index], request, device
+            )
+            noise_std = dp_noise_share_std(config, len(query), len(cohort))
+            contributions[node.node_id] = add_dp_noise_share(contribution, noise_std)
+        weighted_sum, total_weight = (
+            secure_sum(config, contributions, splits.num_classes, round_number, len(query))
+            if config.secagg
+            else plain_sum(contributions)
+        )
+        aggregate_seconds = time.perf_counter() - round_start
+        torch.set_num_threads(server_threads)
+        ensemble = ensemble_mean(weighted_sum, total_weight)  # (Q, K)
+        if config.era_temperature > 0:
+            ensemble = era_sharpen(ensemble, config.era_temperature)
+        previous = (query, ensemble)
+        distill_start = time.perf_counter()
+        student.distill(round_number, splits.public_x[query], ensemble, splits.public_y[query])
+        distill_seconds = time.perf_counter() - distill_start
+        rows.append(
+            {
+                "round": round_number,
+                "status": "ok",
+                **student.evaluate(splits.test_x, splits.test_y),
+                "ensemble_public_accuracy": accuracy(ensemble, splits.public_y[query]),
+                "clients": len(cohort),
+                "aggregate_seconds": aggregate_seconds,
+                "distill_seconds": distill_seconds,
+                "seconds": time.perf_counter() - round_start,
+            }
+        )
+    return rows
+
+
+def query_indices(config: RunConfig, n_public: int, round_number: int) -> np.ndarray:
+    """The public samples queried in a round: the same rule and seed as the ServerApp's plan."""
+    if config.public_query_size and config.public_query_size < n_public:
+        rng = np.random.default_rng([config.seed, round_number, 4])
+        return np.sort(rng.choice(n_public, config.public_query_size, replace=False))
+    return np.arange(n_public, dtype=np.int64)
+
+
+def plain_sum(contributions: dict[int, Contribution]) -> tuple[np.ndarray, float]:
+    """Σ w_i·P_i (float64, (Q, K)) and Σ w_i, in cohort order."""
+    weighted_sum = sum(c.weight * c.probs.astype(np.float64) for c in contributions.values())
+    return weighted_sum, float(sum(c.weight for c in contributions.values()))
+
+
+def secure_sum(
+    config: RunConfig,
+    contributions: dict[int, Contribution],
+    num_classes: int,
+    round_number: int,
+    n_query: int,
+) -> tuple[np.ndarray, float]:
+    """The same sum through all four SecAgg+ stages, every party in this process."""
+    cohort = sorted(contributions)
+    policy = client_policy(config)
+    noise_std = dp_noise_share_std(config, n_query, len(cohort))
+    bound = value_bound(config, noise_std)
+    params = policy.validate(len(cohort), bound)
+    graph_seed = int(seeded_generator(config.seed, round_number, GRAPH_SEED_TAG).initial_seed())
+    server = SecAggServer(
+        round_number, cohort, params, n_query * num_classes + 1, graph_seed=graph_seed
+    )
+    parties = {node: SecAggClient(node, policy) for node in cohort}
+    for stage in STAGES[:-1]:
+        replies = {}
+        for node, request in server.requests().items():
+            party = parties[node]
+            vector = None
+            if stage == "masked-input":
+                vector = encode_contribution(contributions[node], party.round_params, bound)
+            replies[node] = party.respond(stage, request, vector)
+        server.receive(replies)
+    return decode_aggregate(server.result().total, params, num_classes)

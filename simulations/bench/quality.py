@@ -1,0 +1,343 @@
+"""Suite `quality`: federated distillation against its bounds and baselines over Dirichlet α.
+
+For each α and seed, on the same data, partitions and initial weights: centralised teacher and
+student on the pooled private data (upper bounds), local-only teachers, the student trained on
+the public set's true labels, federated distillation in the real Flower simulation (one-shot =
+its first round, which has no digest and a fresh student, i.e. exactly a 1-round run; and
+multi-round with digest), and FedAvg of the student with Flower's `FedAvg` strategy for the same
+number of rounds, its learning rate and local epochs picked on the public set's labels.
+
+Knob `engine=inprocess` runs the two federated methods without Flower instead, as
+`plain_loop.run_plain` and `baselines.fedavg_in_process` (the same computation: the tests and
+the `overhead` suite check that it reproduces the simulation), for machines without Ray; upload
+bytes are then not measured.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from common.config import RunConfig
+from common.data import load_splits
+from common.training import resolve_device
+from simulations.bench import report
+from simulations.bench.baselines import (
+    centralised,
+    fedavg_in_process,
+    hard_label_student,
+    local_only,
+    tuned_fedavg,
+)
+from simulations.bench.plain_loop import run_plain
+from simulations.bench.runs import flower_run
+from simulations.bench.suite import Bench, BenchSpec
+
+VALUES = ("accuracy", "nll", "ece", "upload_mb_per_client", "wall_seconds")
+ENGINES = ("flower", "inprocess")
+FD_ONE_SHOT = "FD one-shot (ours, 1 round)"
+FD_MULTI = "FD multi-round (ours, digest)"
+FEDAVG = "FedAvg (student)"
+CENTRAL_STUDENT = "centralised student"
+HARD_LABEL = "hard-label student (public labels)"
+LOCAL = "local-only teachers (client mean)"
+
+
+def run(bench: Bench) -> None:
+    """Measure every method for every α and seed; write quality.csv, quality.md and plots."""
+    if bench.knobs["engine"] not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {bench.knobs['engine']!r}")
+    torch.set_num_threads(bench.config.client_threads)  # in-process training, as a client's
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    tuning: dict[float, dict[str, Any]] = {}
+    for alpha in bench.knobs["alphas"]:
+        for seed in bench.seeds:
+            config = bench.for_seed(seed, dirichlet_alpha=alpha)
+            tag = f"α={alpha} seed={seed}"
+            splits = load_splits(config)
+            device = resolve_device(config.device)
+            base = {"alpha": alpha, "seed": seed}
+
+            teacher_name = config.teacher_model_list[0]
+            if teacher_name != config.student_model:
+                bench.step(f"{tag}: centralised teacher (pooled private data)")
+                metrics = centralised(config, splits, teacher_name, device)
+                rows.append(_row(base, f"centralised teacher ({teacher_name})", metrics))
+            bench.step(f"{tag}: centralised student (pooled private data)")
+            metrics = centralised(config, splits, config.student_model, device)
+            rows.append(_row(base, CENTRAL_STUDENT, metrics))
+            bench.step(f"{tag}: local-only teachers")
+            clients = local_only(config, splits, device)
+            rows.append(_local_row(base, clients))
+            bench.step(f"{tag}: hard-label student on the public set")
+            rows.append(_row(base, HARD_LABEL, hard_label_student(config, splits, device)))
+
+            bench.step(f"{tag}: federated distillation ({bench.knobs['engine']})")
+            curve, wall = federated(bench, config, f"fd-a{alpha}-s{seed}", "feddistill")
+            rows += _fd_rows(base, curve, wall)
+            curves += _curve(base, "FD (ours)", curve)
+
+            if alpha not in tuning:
+                bench.step(f"{tag}: tuning FedAvg on the public set's labels")
+                tuning[alpha] = tuned_fedavg(bench, config, splits, device)
+            chosen = tuning[alpha]
+            fedavg_config = config.replace(
+                local_lr=chosen["local_lr"], local_epochs=chosen["local_epochs"]
+            )
+            bench.step(
+                f"{tag}: FedAvg lr={chosen['local_lr']} local_epochs={chosen['local_epochs']}"
+            )
+            curve, wall = federated(bench, fedavg_config, f"fedavg-a{alpha}-s{seed}", "fedavg")
+            rows.append(_run_row(base, FEDAVG, curve, wall))
+            curves += _curve(base, "FedAvg", curve)
+            _write(bench, pd.DataFrame(rows), pd.DataFrame(curves), tuning)
+
+
+def federated(bench: Bench, config: RunConfig, label: str, app: str) -> tuple[pd.DataFrame, float]:
+    """Run FD ('feddistill') or FedAvg ('fedavg') with the suite's engine.
+
+    Returns the per-round curve (round, accuracy, nll, ece, seconds, cumulative
+    upload_mb_per_client; upload NaN in process, seconds NaN for in-process FedAvg) and the wall
+    seconds (the ServerApp's own time under Flower, the computation's in process).
+    """
+    if bench.knobs["engine"] == "flower":
+        result = flower_run(bench, config, label, app=app)
+        return result.curve(), float(result.summary["wall_seconds"])
+    start = time.perf_counter()
+    splits = load_splits(config)
+    if app == "feddistill":
+        rows = run_plain(config, splits)
+    else:
+        device = resolve_device(config.device)
+        rows = fedavg_in_process(config, splits, splits.test_x, splits.test_y, device)
+    frame = pd.DataFrame(rows)
+    curve = pd.DataFrame(
+        {
+            "round": range(1, len(frame) + 1),
+            "accuracy": frame["student_accuracy"],
+            "nll": frame["student_nll"],
+            "ece": frame["student_ece"],
+            "seconds": frame.get("seconds", float("nan")),
+            "upload_mb_per_client": float("nan"),
+        }
+    )
+    return curve, time.perf_counter() - start
+
+
+def _row(base: dict, method: str, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        **base,
+        "method": method,
+        "accuracy": metrics["student_accuracy"],
+        "nll": metrics["student_nll"],
+        "ece": metrics["student_ece"],
+        "upload_mb_per_client": 0.0,
+        "wall_seconds": metrics["seconds"],
+    }
+
+
+def _local_row(base: dict, clients: pd.DataFrame) -> dict[str, Any]:
+    means = clients.mean(numeric_only=True)
+    return {
+        **base,
+        "method": LOCAL,
+        "accuracy": means["student_accuracy"],
+        "nll": means["student_nll"],
+        "ece": means["student_ece"],
+        "upload_mb_per_client": 0.0,
+        "wall_seconds": float(clients["seconds"].sum()),
+        "client_accuracy_std": float(clients["student_accuracy"].std(ddof=1)),
+        "client_accuracy_min": float(clients["student_accuracy"].min()),
+        "client_accuracy_max": float(clients["student_accuracy"].max()),
+    }
+
+
+def _run_row(base: dict, method: str, curve: pd.DataFrame, wall: float) -> dict[str, Any]:
+    last = curve.iloc[-1]
+    return {
+        **base,
+        "method": method,
+        "rounds": int(last["round"]),
+        "accuracy": last["accuracy"],
+        "nll": last["nll"],
+        "ece": last["ece"],
+        "upload_mb_per_client": last["upload_mb_per_client"],
+        "wall_seconds": wall,
+    }
+
+
+def _fd_rows(base: dict, curve: pd.DataFrame, wall: float) -> list[dict[str, Any]]:
+    """One-shot (round 1; wall time up to the end of round 1) and the whole run."""
+    one_shot = _run_row(base, FD_ONE_SHOT, curve.iloc[:1], wall - curve["seconds"].iloc[1:].sum())
+    return [one_shot, _run_row(base, FD_MULTI, curve, wall)]
+
+
+def _curve(base: dict, method: str, curve: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{**base, "method": method, **point} for point in curve.to_dict("records")]
+
+
+def _write(
+    bench: Bench, rows: pd.DataFrame, curves: pd.DataFrame, tuning: dict[float, dict]
+) -> None:
+    out = bench.out_dir
+    report.write_csv(rows, out / "quality.csv")
+    report.write_csv(curves, out / "quality_rounds.csv")
+    summary = report.summarise(rows, ["alpha", "method"], VALUES)
+    report.write_csv(summary, out / "quality_summary.csv")
+    sections = [report.settings_line(bench.settings, bench.seeds), NOTES]
+    for alpha in summary["alpha"].unique():
+        part = summary[summary["alpha"] == alpha]
+        spread = rows[(rows["alpha"] == alpha) & (rows["method"] == LOCAL)]
+        table = [_table_row(entry, spread, rows) for _, entry in part.iterrows()]
+        sections.append(f"## Dirichlet α = {alpha}\n\n" + report.markdown_table(table, COLUMNS))
+        sections.append(_plot_rounds(bench, curves[curves["alpha"] == alpha], alpha))
+    sections.append(_tuning_section(tuning))
+    sections.append(_checks(summary))
+    path = report.write_markdown(out / "quality.md", "Quality: federated distillation", sections)
+    bench.step(f"wrote {out / 'quality.csv'}, {out / 'quality_summary.csv'} and {path}")
+
+
+COLUMNS = (
+    "method",
+    "rounds",
+    "test accuracy",
+    "NLL",
+    "ECE",
+    "upload / client (MB)",
+    "wall (s)",
+    "client spread (std; min–max)",
+)
+
+NOTES = (
+    "Mean ± std over seeds. Upload is what one client sends over the whole run (SecAgg+ "
+    "messages included for FD). Wall time: the ServerApp's own time for Flower runs (SuperLink "
+    "and Ray start-up excluded; client start-up in round 1 included), training + evaluation for "
+    "in-process baselines. FD one-shot is round 1 of the multi-round run (no digest, fresh "
+    "student: identical to a 1-round run). FedAvg's learning rate and local epochs are picked "
+    "from a small grid on the public set's true labels (validation; FedAvg never trains on the "
+    "public set, the test set is untouched); federated distillation is run at its defaults, "
+    "untuned. The centralised teacher has its own row only when its architecture differs "
+    "from the student's. Supervised baselines get local_epochs × rounds epochs; the "
+    "hard-label student gets distill_epochs × rounds epochs of the student's recipe. In-process "
+    "training uses client_threads torch threads. With engine=inprocess, FD and FedAvg run "
+    "without Flower (same computation; upload not measured, wall = compute only)."
+)
+
+
+def _table_row(entry: pd.Series, spread: pd.DataFrame, rows: pd.DataFrame) -> dict[str, str]:
+    same = rows[(rows["alpha"] == entry["alpha"]) & (rows["method"] == entry["method"])]
+    rounds = same["rounds"].dropna() if "rounds" in same else pd.Series(dtype=float)
+    cell = {
+        "method": entry["method"],
+        "rounds": str(int(rounds.iloc[0])) if len(rounds) else "—",
+        "test accuracy": report.mean_std(entry["accuracy_mean"], entry["accuracy_std"]),
+        "NLL": report.mean_std(entry["nll_mean"], entry["nll_std"]),
+        "ECE": report.mean_std(entry["ece_mean"], entry["ece_std"]),
+        "upload / client (MB)": report.number(entry["upload_mb_per_client_mean"], 3),
+        "wall (s)": report.number(entry["wall_seconds_mean"], 1),
+        "client spread (std; min–max)": "—",
+    }
+    if entry["method"] == LOCAL and len(spread):
+        cell["client spread (std; min–max)"] = (
+            f"{spread['client_accuracy_std'].mean():.3f}; "
+            f"{spread['client_accuracy_min'].min():.3f}–{spread['client_accuracy_max'].max():.3f}"
+        )
+    return cell
+
+
+def _plot_rounds(bench: Bench, curves: pd.DataFrame, alpha: float) -> str:
+    stats = report.summarise(curves, ["method", "round"], ["accuracy"])
+    lines = {
+        method: (part["round"], part["accuracy_mean"], part["accuracy_std"])
+        for method, part in stats.groupby("method", sort=False)
+    }
+    name = f"quality_rounds_a{alpha}.png"
+    report.line_plot(
+        bench.out_dir / name,
+        lines,
+        xlabel="round",
+        ylabel="test accuracy",
+        title=f"Student accuracy per round, Dirichlet α = {alpha}",
+    )
+    return f"![accuracy per round, α = {alpha}]({name})"
+
+
+def _tuning_section(tuning: dict[float, dict]) -> str:
+    table = [
+        {
+            "α": alpha,
+            "lr": point["local_lr"],
+            "local epochs": point["local_epochs"],
+            "validation accuracy": f"{point['val_accuracy']:.3f}",
+            "picked": "✓"
+            if (point["local_lr"], point["local_epochs"])
+            == (chosen["local_lr"], chosen["local_epochs"])
+            else "",
+        }
+        for alpha, chosen in tuning.items()
+        for point in chosen["grid"]
+    ]
+    columns = ("α", "lr", "local epochs", "validation accuracy", "picked")
+    return "## FedAvg grid (first seed, public-set labels)\n\n" + report.markdown_table(
+        table, columns
+    )
+
+
+def _checks(summary: pd.DataFrame) -> str:
+    """The issue's targets, as measured (never asserted)."""
+
+    def mean(alpha: float, method: str, value: str = "accuracy") -> float:
+        row = summary[(summary["alpha"] == alpha) & (summary["method"] == method)]
+        return float(row[f"{value}_mean"].iloc[0]) if len(row) else float("nan")
+
+    lines = ["## Targets (measured)"]
+    alphas = sorted(summary["alpha"].unique())
+    if 0.5 in alphas:
+        gap = 100 * (mean(0.5, FD_MULTI) - mean(0.5, CENTRAL_STUDENT))
+        lines.append(
+            f"- α=0.5: FD multi-round − centralised student = {gap:+.1f} points "
+            f"(target ≥ −3): {'met' if gap >= -3 else 'missed'}."
+        )
+    if 0.1 in alphas:
+        gap = 100 * (mean(0.1, FD_MULTI) - mean(0.1, FEDAVG))
+        lines.append(
+            f"- α=0.1: FD multi-round − FedAvg (same rounds) = {gap:+.1f} points "
+            f"(target > 0): {'met' if gap > 0 else 'missed'}."
+        )
+    for alpha in alphas:
+        fd, hard = mean(alpha, FD_MULTI, "ece"), mean(alpha, HARD_LABEL, "ece")
+        lines.append(
+            f"- α={alpha}: ECE FD multi-round {fd:.3f} vs hard-label student {hard:.3f} "
+            f"(target FD lower): {'met' if fd < hard else 'missed'}."
+        )
+    return "\n".join(lines)
+
+
+SPEC = BenchSpec(
+    name="quality",
+    summary="accuracy, NLL, ECE, upload and wall time of FD vs bounds and baselines over α",
+    knobs={
+        "alphas": (0.1, 0.5, 100.0),
+        "fedavg_lrs": (0.003, 0.01),
+        "fedavg_epochs": (1, 2, 4),
+        "engine": "flower",
+    },
+    config={"num_clients": 10, "partitioner": "dirichlet"},
+    tiny={
+        "alphas": (0.5,),
+        "num_samples": 1200,
+        "num_clients": 3,
+        "rounds": 2,
+        "local_epochs": 1,
+        "distill_epochs": 2,
+        "teacher_models": "cnn1d-s",
+        "student_model": "cnn1d-s",
+        "fedavg_lrs": (0.01,),
+        "fedavg_epochs": (1, 2),
+    },
+    run=run,
+)

@@ -1,0 +1,244 @@
+"""Deployment tests: a real TLS SuperLink and authenticated SuperNodes as separate processes.
+
+No mocks: `flower-superlink`, `flower-supernode` and the `flwr` CLI run as processes on free
+loopback ports, each test with its own FLWR_HOMEs under its own directory. After each cluster
+the tests look through /proc for any process that still carries one of those FLWR_HOMEs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName, load_pem_x509_certificate
+from flwr.cli.supernode.register import try_load_public_key
+from flwr.common.config import parse_config_args
+
+from common.config import RunConfig
+from common.data import load_splits
+from deploy.certs import generate_deployment_files, generate_node_key, san_entries
+from deploy.cluster import (
+    ClusterResult,
+    SuperNodeSpec,
+    local_cluster,
+    node_config_arg,
+    partition_node_configs,
+    run_cluster,
+)
+from simulations.cli import resolve_config
+from simulations.launcher import APP_DIR
+
+RUN_TIMEOUT = 1800.0  # generous: on a loaded 2-core machine each ClientApp start takes seconds
+CHANCE = 0.1
+# The smoke config with less compute: what is under test is the deployment, not accuracy.
+DEPLOYMENT_OVERRIDES = ["device=cpu", "round_timeout=600", "local_epochs=3", "distill_epochs=10"]
+
+
+def _leftover_processes(workdir: Path) -> list[str]:
+    """Processes whose environment or command line points into `workdir` (ours, if any)."""
+    marker = str(workdir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        if marker in cmdline or marker in environ:
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {command[:200]}")
+    return found
+
+
+def _smoke_config(root: Path) -> RunConfig:
+    return resolve_config(
+        "smoke", [f"data_dir={root / 'data'}", *DEPLOYMENT_OVERRIDES], str(root / "run")
+    )
+
+
+def _tampered_cache(config: RunConfig, directory: Path) -> Path:
+    """A data dir whose cached MNIST-1D differs slightly: same shapes, another public set."""
+    name = f"mnist1d-n{config.num_samples}-seed{config.seed}.npz"
+    with np.load(Path(config.data_dir) / name) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    directory.mkdir(parents=True)
+    np.savez(directory / name, x=x + np.float32(1e-3), y=y)
+    return directory
+
+
+# --- certificates and keys (no processes) ------------------------------------------------------
+
+
+def test_certificates_cover_the_sans_and_private_files_are_0600(tmp_path: Path) -> None:
+    files = generate_deployment_files(tmp_path, ["10.20.0.1", "superlink.example.org"], nodes=2)
+
+    cert = load_pem_x509_certificate(files.server.server_cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
+    ips = {str(ip) for ip in sans.get_values_for_type(IPAddress)}
+    assert ips == {"127.0.0.1", "::1", "10.20.0.1"}
+    assert set(sans.get_values_for_type(DNSName)) == {"localhost", "superlink.example.org"}
+    ca = load_pem_x509_certificate(files.server.ca_cert.read_bytes())
+    ca.public_key().verify(  # the CA signed the server certificate
+        cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+    )
+    for private in (files.server.ca_key, files.server.server_key):
+        assert private.stat().st_mode & 0o777 == 0o600
+        assert isinstance(
+            load_pem_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey
+        )
+    for pair in files.nodes:
+        assert pair.private_key.stat().st_mode & 0o777 == 0o600
+        key = load_ssh_private_key(pair.private_key.read_bytes(), None)  # as flower-supernode
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert try_load_public_key(pair.public_key)  # as `flwr supernode register`
+        assert b"PRIVATE" not in pair.public_key.read_bytes()
+
+
+def test_existing_keys_are_never_overwritten_and_bad_sans_are_named(tmp_path: Path) -> None:
+    generate_node_key(tmp_path, "site-a")
+    before = (tmp_path / "site-a.key").read_bytes()
+
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        generate_node_key(tmp_path, "site-a")
+    with pytest.raises(ValueError, match="'https://host:9092'"):
+        san_entries(["https://host:9092"])
+    with pytest.raises(ValueError, match="node name"):
+        generate_node_key(tmp_path, "../escape")
+    assert (tmp_path / "site-a.key").read_bytes() == before
+
+
+def test_node_config_argument_round_trips_through_flowers_parser() -> None:
+    node_config = {"partition-id": 2, "num-partitions": 3, "data-path": "/data/site a.npz"}
+
+    parsed = parse_config_args([node_config_arg(node_config)])
+
+    assert parsed == node_config
+    with pytest.raises(ValueError, match="quotes"):
+        node_config_arg({"data-path": "/data/it's.npz"})
+
+
+# --- a deployed run ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClusterResult, Path]:
+    """Two rounds on a TLS SuperLink with 3 honest SuperNodes and 1 with another public set."""
+    root = tmp_path_factory.mktemp("deployed")
+    config = _smoke_config(root)
+    load_splits(config)  # the shared cache the honest nodes (and the ServerApp) read
+    tampered = _tampered_cache(config, root / "tampered-data")
+    nodes = [
+        *partition_node_configs(3),
+        {"partition-id": 0, "num-partitions": 3, "data-dir": str(tampered)},
+    ]
+    workdir = root / "work"
+    result = run_cluster(config, nodes, workdir=workdir, timeout=RUN_TIMEOUT, progress=print)
+    return result, workdir
+
+
+def test_two_rounds_complete_over_tls_with_authenticated_supernodes(
+    deployed_run: tuple[ClusterResult, Path],
+) -> None:
+    result, _ = deployed_run
+    metrics = pd.read_csv(result.out_dir / "metrics.csv")
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+
+    assert summary["rounds_completed"] == 2
+    assert list(metrics["status"]) == ["ok", "ok"]
+    assert list(metrics["clients"]) == [3, 3]  # the honest nodes only
+    assert summary["student_accuracy"] > CHANCE + 0.1
+
+
+def test_node_with_a_different_public_set_refuses_to_take_part(
+    deployed_run: tuple[ClusterResult, Path],
+) -> None:
+    result, _ = deployed_run
+    tampered_log = (result.logs_dir / "supernode-3.log").read_text()
+    run_log = (result.logs_dir / "flwr-run.log").read_text()
+
+    assert "PublicSetMismatch" in tampered_log or "public-set hash mismatch" in tampered_log
+    assert "refused to describe itself" in run_log
+    assert "public-set hash mismatch" in run_log
+
+
+def test_no_process_outlives_the_deployed_run(deployed_run: tuple[ClusterResult, Path]) -> None:
+    _, workdir = deployed_run
+
+    assert _leftover_processes(workdir) == []
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def test_unregistered_or_untrusting_supernodes_are_refused(tmp_path: Path) -> None:
+    files = generate_deployment_files(tmp_path / "certs", nodes=3)
+    good, unregistered, untrusting = files.nodes
+    ca = files.server.ca_cert
+    workdir, logs = tmp_path / "work", tmp_path / "logs"
+    node_config = {"partition-id": 0, "num-partitions": 3}
+
+    with local_cluster(workdir, logs, files.server) as cluster:
+        node_ids = cluster.register({"good": good.public_key, "untrusting": untrusting.public_key})
+        cluster.start_supernode(SuperNodeSpec("good", node_config, good.private_key, ca))
+        rogue = cluster.start_supernode(
+            SuperNodeSpec("unregistered", node_config, unregistered.private_key, ca)
+        )
+        blind = cluster.start_supernode(  # registered key, but no CA to verify the SuperLink
+            SuperNodeSpec("untrusting", node_config, untrusting.private_key, None)
+        )
+        cluster.wait_online(1, [node_ids["good"]])
+        deadline = time.monotonic() + 120
+        while (rogue.poll() is None or blind.poll() is None) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        listed = {int(node["node-id"]): node["status"] for node in cluster.list_nodes()}
+
+    assert rogue.returncode not in (None, 0)
+    assert "2004" in (logs / "unregistered.log").read_text()  # SuperLink: key not registered
+    assert blind.returncode not in (None, 0)
+    assert "CERTIFICATE_VERIFY_FAILED" in (logs / "untrusting.log").read_text()
+    assert set(listed) == set(node_ids.values())  # the unregistered key never became a node
+    assert listed[node_ids["good"]] == "online"
+    assert listed[node_ids["untrusting"]] != "online"
+    assert _leftover_processes(workdir) == []
+
+
+def test_ctrl_c_during_a_run_stops_every_process(tmp_path: Path) -> None:
+    config = _smoke_config(tmp_path)
+    load_splits(config)
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "deploy.cli", "cluster", "--config", "smoke", "--nodes", "3"]
+    command += [f"--set=data_dir={config.data_dir}", "--out", config.out_dir]
+    command += ["--workdir", str(workdir)]
+    cli = subprocess.Popen(
+        command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    under_way = False
+    try:
+        for line in cli.stdout:  # wait until the run is under way
+            if "SuperNodes online" in line:
+                under_way = True
+                break
+        time.sleep(2)
+        cli.send_signal(signal.SIGINT)
+        cli.communicate(timeout=180)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+    assert under_way
+    assert cli.returncode != 0
+    assert not (Path(config.out_dir) / "summary.json").exists()
+    assert _leftover_processes(workdir) == []

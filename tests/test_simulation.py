@@ -1,0 +1,370 @@
+"""End to end: real Flower simulations through the `feddistill run` command.
+
+Three runs share one module-scoped fixture and run side by side (each has its own SuperLink on
+free ports): the smoke config twice with the same seed, and the smoke config on a user's own
+.npz of flat features. Every run's environment carries a marker variable that the SuperLink,
+the simulation process and its Ray workers inherit, so they can be told apart from other
+Flower processes on the machine. (Not TMPDIR: Ray puts its sockets there, and a long pytest
+path exceeds the 107-byte limit of a Unix socket path.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.config import RunConfig
+from common.data import load_splits
+from common.metrics import accuracy, nll
+from common.models import build_model
+from common.training import predict_probs
+from server.results import TIMING_COLUMNS
+from simulations.cli import load_named_config, main
+
+RUN_TIMEOUT_S = 900  # a safety net: each run takes about 40 s on an idle two-core machine
+MARKER = "FEDDISTILL_TEST_RUN"
+METRICS_COLUMNS = [
+    "round",
+    "student_accuracy",
+    "student_nll",
+    "student_ece",
+    "ensemble_public_accuracy",
+    "clients",
+    "bytes_up",
+    "bytes_down",
+    "seconds",
+]
+SUMMARY_KEYS = ["student_accuracy", "student_nll", "student_ece", "rounds", "wall_seconds"]
+RUN_FILES = ["config.json", "metrics.csv", "summary.json", "student.pt", "accuracy.png"]
+FLOWER_PROCESSES = (
+    "flower-superlink|flower-superexec|flwr-simulation|flwr-serverapp|flwr-clientapp|ray::"
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished `feddistill run`: its exit code, console output and results folder."""
+
+    returncode: int
+    output: str
+    out_dir: Path
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.out_dir / "metrics.csv")
+
+    def summary(self) -> dict[str, object]:
+        return json.loads((self.out_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """Everything of this module: data cache, run outputs and logs."""
+    return tmp_path_factory.mktemp("simulation")
+
+
+def _env(root: Path) -> dict[str, str]:
+    # One torch thread per process: the server's student would otherwise use one thread per
+    # core, and with three runs sharing two cores its OpenMP threads wait on each other (on a
+    # busy two-core machine a 2-thread distillation took 16× the wall time of a 1-thread one).
+    return {**os.environ, MARKER: str(root), "OMP_NUM_THREADS": "1"}
+
+
+def _smoke_values(root: Path) -> dict[str, object]:
+    return {**load_named_config("smoke"), "data_dir": str(root / "data")}
+
+
+@pytest.fixture(scope="module")
+def gaussian_npz(root) -> Path:
+    """1500 samples of 20 features from a mixture of 3 well-separated Gaussians."""
+    rng = np.random.default_rng(7)
+    centers = rng.normal(scale=1.5, size=(3, 20))
+    labels = np.repeat(np.arange(3), 500)
+    features = centers[labels] + rng.normal(size=(1500, 20))
+    order = rng.permutation(1500)
+    path = root / "mixture.npz"
+    np.savez(path, x=features[order].astype(np.float32), y=labels[order])
+    return path
+
+
+def _start(root: Path, name: str, overrides: list[str]) -> tuple[subprocess.Popen, Path]:
+    out_dir = root / name
+    args = ["run", "--config", "smoke", "--out", str(out_dir), "--set", f"data_dir={root / 'data'}"]
+    for override in overrides:
+        args += ["--set", override]
+    with open(root / f"{name}.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "simulations.cli", *args],
+            cwd=root,
+            env=_env(root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, out_dir
+
+
+def _finish(
+    root: Path, name: str, process: subprocess.Popen, out_dir: Path, deadline: float
+) -> Run:
+    try:
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        # SIGINT, not SIGTERM: KeyboardInterrupt lets the launcher stop its SuperLink.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return Run(process.returncode, (root / f"{name}.log").read_text(), out_dir)
+
+
+@pytest.fixture(scope="module")
+def runs(root, gaussian_npz) -> dict[str, Run]:
+    """The smoke config twice (same seed) and once on the .npz, side by side."""
+    # The data cache is filled once here, so the concurrent runs only read it.
+    load_splits(RunConfig.from_mapping(_smoke_values(root)))
+    planned = {
+        "smoke-a": [],
+        "smoke-b": [],
+        "npz": [f"dataset=npz:{gaussian_npz}", "teacher_models=mlp-s", "student_model=mlp-s"],
+    }
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    started = {name: _start(root, name, overrides) for name, overrides in planned.items()}
+    return {name: _finish(root, name, *started[name], deadline) for name in started}
+
+
+@pytest.fixture(scope="module")
+def smoke(runs) -> Run:
+    run = runs["smoke-a"]
+    assert run.returncode == 0, run.output[-4000:]
+    return run
+
+
+# --- the smoke run ---------------------------------------------------------------------------
+
+
+def test_smoke_run_writes_every_file_and_says_where(smoke):
+    for name in RUN_FILES:
+        assert (smoke.out_dir / name).is_file(), name
+    assert (smoke.out_dir / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert smoke.output.rstrip().endswith(f"results: {smoke.out_dir}")
+    assert not list(smoke.out_dir.glob(".*.tmp"))
+
+
+def test_smoke_config_json_is_the_resolved_config(smoke, root):
+    expected = RunConfig.from_mapping({**_smoke_values(root), "out_dir": str(smoke.out_dir)})
+
+    written = json.loads((smoke.out_dir / "config.json").read_text())
+
+    assert written == expected.to_dict()
+
+
+def test_smoke_metrics_have_one_ok_row_per_round_with_all_columns(smoke):
+    metrics = smoke.metrics()
+
+    assert set(METRICS_COLUMNS) <= set(metrics.columns)
+    assert metrics["round"].tolist() == [1, 2]
+    assert metrics["status"].tolist() == ["ok", "ok"]
+    assert metrics["clients"].tolist() == [3, 3]
+    assert metrics["clients_failed"].tolist() == [0, 0]
+    assert (metrics["bytes_up"] > 0).all() and (metrics["bytes_down"] > 0).all()
+    assert (metrics["seconds"] > 0).all()
+    for column in ("student_accuracy", "student_ece", "ensemble_public_accuracy"):
+        assert metrics[column].between(0, 1).all(), column
+    assert (metrics["student_nll"] > 0).all()
+
+
+def test_smoke_bytes_up_carry_at_least_the_three_soft_label_matrices(smoke, root):
+    # Each client's report holds a (Q, K) matrix, Q = the whole public set, of at least 4 bytes
+    # per entry whether it is sent as float32 or masked and fixed-point encoded (secagg).
+    splits = load_splits(RunConfig.from_mapping(_smoke_values(root)))
+    soft_labels_bytes = 3 * len(splits.public_x) * splits.num_classes * 4
+
+    bytes_up = smoke.metrics()["bytes_up"]
+
+    assert (bytes_up >= soft_labels_bytes).all()
+
+
+def test_smoke_summary_reports_the_last_round(smoke):
+    summary = smoke.summary()
+    last = smoke.metrics().iloc[-1]
+
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["rounds"] == 2
+    assert summary["wall_seconds"] > 0
+    for key in ("student_accuracy", "student_nll", "student_ece"):
+        assert summary[key] == pytest.approx(last[key], rel=1e-12), key
+
+
+def test_smoke_student_clearly_beats_chance(smoke):
+    # K = 10, so chance is 0.1; the smoke config gives about 0.65 (ensemble ≈ 0.8 on public).
+    metrics = smoke.metrics()
+
+    assert smoke.summary()["student_accuracy"] >= 0.5
+    assert metrics["ensemble_public_accuracy"].iloc[-1] >= 0.6
+
+
+def test_smoke_checkpoint_reproduces_the_reported_test_metrics(smoke, root):
+    # Prepare: rebuild the student from student.pt, on the same test set.
+    config = RunConfig.from_mapping(_smoke_values(root))
+    splits = load_splits(config)
+    checkpoint = torch.load(smoke.out_dir / "student.pt", weights_only=False)
+    model = build_model(checkpoint["student_model"], splits.input_shape, splits.num_classes)
+    model.load_state_dict(checkpoint["model"])
+
+    # Execute
+    probs = predict_probs(model, splits.test_x, 1.0, torch.device("cpu"))
+
+    # Assert
+    summary = smoke.summary()
+    assert checkpoint["round"] == 2
+    assert accuracy(probs, splits.test_y) == pytest.approx(
+        summary["student_accuracy"], abs=1.5 / len(splits.test_y)
+    )
+    assert nll(probs, splits.test_y) == pytest.approx(summary["student_nll"], abs=1e-4)
+
+
+def test_same_seed_gives_identical_metrics_apart_from_timings(runs, smoke):
+    # Prepare
+    rerun = runs["smoke-b"]
+    assert rerun.returncode == 0, rerun.output[-4000:]
+
+    # Execute
+    first = smoke.metrics().drop(columns=list(TIMING_COLUMNS))
+    second = rerun.metrics().drop(columns=list(TIMING_COLUMNS))
+
+    # Assert: every value, floats included, is identical.
+    assert "student_accuracy" in first.columns
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    first_weights = torch.load(smoke.out_dir / "student.pt", weights_only=False)["model"]
+    second_weights = torch.load(rerun.out_dir / "student.pt", weights_only=False)["model"]
+    assert first_weights.keys() == second_weights.keys()
+    for name in first_weights:
+        assert torch.equal(first_weights[name], second_weights[name]), name
+
+
+# --- bring your own data ---------------------------------------------------------------------
+
+
+def test_user_npz_of_flat_features_runs_with_mlp_models(runs, gaussian_npz):
+    # Prepare
+    run = runs["npz"]
+    assert run.returncode == 0, run.output[-4000:]
+
+    # Execute
+    config = json.loads((run.out_dir / "config.json").read_text())
+    metrics = run.metrics()
+
+    # Assert: 3 classes (chance 1/3) that a small MLP separates almost perfectly.
+    assert config["dataset"] == f"npz:{gaussian_npz}"
+    assert (config["teacher_models"], config["student_model"]) == ("mlp-s", "mlp-s")
+    assert metrics["status"].tolist() == ["ok", "ok"]
+    assert run.summary()["student_accuracy"] >= 0.9
+    for name in RUN_FILES:
+        assert (run.out_dir / name).is_file(), name
+
+
+# --- bad configurations stop before any work -------------------------------------------------
+
+
+def test_bad_set_exits_non_zero_with_the_message_before_any_training(root):
+    # Execute: the console command, as a user runs it.
+    out_dir = root / "bad-temperature"
+    command = ["run", "--config", "smoke", "--out", str(out_dir), "--set", "temperature=0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *command],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Assert
+    assert result.returncode == 2
+    assert "feddistill: error: temperature must be > 0, got 0.0" in result.stderr
+    assert "preparing data" not in result.stdout
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rounds=abc"], "rounds must be an integer, got 'abc'"),
+        (["temprature=2"], "unknown config key(s) ['temprature']"),
+        (["temperature"], "--set expects key=value, got 'temperature'"),
+        (["student_model=vit"], "unknown model 'vit'"),
+        (["dataset=npz:/no/such/file.npz"], "dataset file '/no/such/file.npz'"),
+    ],
+)
+def test_bad_set_is_reported_by_main_without_starting_anything(root, capsys, overrides, message):
+    # Prepare
+    out_dir = root / "bad-set"
+    argv = ["run", "--config", "smoke", "--out", str(out_dir)]
+    for override in overrides:
+        argv += ["--set", override]
+
+    # Execute
+    returncode = main(argv)
+
+    # Assert
+    captured = capsys.readouterr()
+    assert returncode == 2
+    assert f"feddistill: error: {message}" in captured.err
+    assert captured.out == ""
+    assert not out_dir.exists()
+
+
+def test_unknown_named_config_lists_the_named_configs(capsys):
+    returncode = main(["run", "--config", "no-such-config"])
+
+    assert returncode == 2
+    assert "config 'no-such-config' not found; named configs: " in capsys.readouterr().err
+
+
+# --- nothing is left behind ------------------------------------------------------------------
+
+
+def _our_flower_processes(root: Path) -> list[str]:
+    """Live (non-zombie) Flower/Ray processes started by this module's runs."""
+    found = subprocess.run(
+        ["pgrep", "-f", FLOWER_PROCESSES], capture_output=True, text=True, check=False
+    )
+    ours = []
+    for pid in found.stdout.split():
+        proc = Path("/proc") / pid
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if state != "Z" and f"{MARKER}={root}".encode() in environ:
+            ours.append(f"{pid} {cmdline[:120]}")
+    return ours
+
+
+def test_no_flower_process_is_left_running(runs, root):
+    # Prepare: the runs have returned; SIGKILLed process groups may take a moment to vanish.
+    assert all(run.returncode == 0 for run in runs.values())
+    deadline = time.monotonic() + 30
+
+    # Execute
+    left = _our_flower_processes(root)
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = _our_flower_processes(root)
+
+    # Assert
+    assert left == []
