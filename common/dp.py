@@ -31,9 +31,7 @@ import numbers
 import operator
 from typing import Literal
 
-import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
 
 Adjacency = Literal["replace", "add_remove"]
 Accountant = Literal["pld", "rdp"]
@@ -149,6 +147,10 @@ def epsilon(
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if not 0.0 < sampling_rate <= 1.0:
         raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
+
+    # Imported here: dp_accounting takes seconds to import, and clients never need it.
+    import dp_accounting
+    from dp_accounting import pld, rdp
 
     event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_rate < 1.0:

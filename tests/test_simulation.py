@@ -130,10 +130,14 @@ def _finish(
 
 
 @pytest.fixture(scope="module")
-def runs(root, gaussian_npz) -> dict[str, Run]:
-    """The smoke config twice (same seed) and once on the .npz, side by side."""
-    # The data cache is filled once here, so the concurrent runs only read it.
+def smoke_data(root) -> None:
+    """Generate the smoke config's MNIST-1D once, so concurrent runs only read the cache."""
     load_splits(RunConfig.from_mapping(_smoke_values(root)))
+
+
+@pytest.fixture(scope="module")
+def runs(root, gaussian_npz, smoke_data) -> dict[str, Run]:
+    """The smoke config twice (same seed) and once on the .npz, side by side."""
     planned = {
         "smoke-a": [],
         "smoke-b": [],
@@ -324,6 +328,23 @@ def test_bad_set_is_reported_by_main_without_starting_anything(root, capsys, ove
     assert f"feddistill: error: {message}" in captured.err
     assert captured.out == ""
     assert not out_dir.exists()
+
+
+def test_empty_public_pool_stops_the_command_before_the_simulation_starts(root, smoke_data, capsys):
+    # Prepare: public_fraction passes config validation, but 1e-5 of 6400 samples rounds to 0.
+    out_dir = root / "no-public"
+    argv = ["run", "--config", "smoke", "--out", str(out_dir), "--set", f"data_dir={root / 'data'}"]
+
+    # Execute
+    returncode = main([*argv, "--set", "public_fraction=0.00001"])
+
+    # Assert: the data split refuses, before any SuperLink or training.
+    captured = capsys.readouterr()
+    assert returncode == 2
+    assert "8000 samples cannot be split into test (1600), public (0)" in captured.err
+    assert "every pool must be non-empty" in captured.err
+    assert not (out_dir / "metrics.csv").exists()
+    assert not (out_dir / "superlink.log").exists()
 
 
 def test_unknown_named_config_lists_the_named_configs(capsys):

@@ -275,11 +275,11 @@ class _InterleavedRound:
 
     def __init__(
         self,
-        ours: AggregatorRounds,
+        rounds: AggregatorRounds,
         flower: SecAggPlusWorkflow,
         outcomes: dict[str, list[RoundOutcome]],
     ) -> None:
-        self.ours = ours
+        self.rounds = rounds
         self.flower = flower
         self.outcomes = outcomes
 
@@ -287,7 +287,7 @@ class _InterleavedRound:
         round_number = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
         aggregators = {"plain": PlainAggregator(), "ours": SecureAggregator(CLIENT_CONFIG)}
         for method, aggregator in aggregators.items():
-            self.outcomes[method].append(self.ours.collect(aggregator, round_number))
+            self.outcomes[method].append(self.rounds.collect(aggregator, round_number))
         self.outcomes["flower"].append(self._flower_round(grid, context, round_number))
 
     def _flower_round(self, grid: Grid, context: LegacyContext, round_number: int) -> RoundOutcome:
@@ -322,7 +322,7 @@ def bench_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        ours = AggregatorRounds(grid, num_nodes)
+        rounds_of_ours = AggregatorRounds(grid, num_nodes)
         strategy = FedAvg(
             fraction_fit=1.0,
             fraction_evaluate=0.0,
@@ -337,7 +337,8 @@ def bench_server_app(
             max_weight=CLIENT_WEIGHT,
             timeout=STAGE_TIMEOUT,
         )
-        DefaultWorkflow(fit_workflow=_InterleavedRound(ours, flower, outcomes))(grid, legacy)
+        interleaved = _InterleavedRound(rounds_of_ours, flower, outcomes)
+        DefaultWorkflow(fit_workflow=interleaved)(grid, legacy)
 
     return app
 
@@ -467,9 +468,9 @@ def write_report(frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_
         [
             "# Secure aggregation through Flower's simulation engine",
             "",
-            f"Payload per client: ({ROWS}, {CLASSES}) float32 soft labels + weight. "
-            "Round time = median over the timed rounds (the first round of each simulation "
-            "starts the actors and is not counted).",
+            f"Payload per client: ({ROWS}, {CLASSES}) float32 soft labels + weight 1. One "
+            "simulation per n runs every round of the three methods back to back; round time "
+            "= median over the timed rounds (each method's first round is a warm-up).",
             "",
             f"Machine: {machine_note()}. Whole benchmark: {seconds:.0f} s.",
             "",
