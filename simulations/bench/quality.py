@@ -262,6 +262,7 @@ def _plot_rounds(bench: Bench, curves: pd.DataFrame, alpha: float) -> str:
         xlabel="round",
         ylabel="test accuracy",
         title=f"Student accuracy per round, Dirichlet α = {alpha}",
+        integer_x=True,
     )
     return f"![accuracy per round, α = {alpha}]({name})"
 

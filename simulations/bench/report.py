@@ -91,10 +91,12 @@ def line_plot(
     ylabel: str,
     title: str,
     logx: bool = False,
+    integer_x: bool = False,
 ) -> Path:
     """One line per label: (x, y, optional y-std band). Saves a PNG and returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(5.5, 3.8))
     FigureCanvasAgg(figure)
@@ -107,6 +109,8 @@ def line_plot(
             axes.fill_between(x_values, y_values - spread, y_values + spread, alpha=0.2)
     if logx:
         axes.set_xscale("log")
+    if integer_x:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
