@@ -8,10 +8,8 @@ runs and tests can run side by side and leave nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig
-from simulations.processes import free_port, owned_processes, start_process, wait_for_port
+from simulations.processes import (
+    free_port,
+    kill_tree,
+    owned_processes,
+    start_process,
+    wait_for_port,
+)
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "feddistill-sim"
@@ -166,8 +170,7 @@ def stop_stale_superlink(out_dir: Path) -> None:
     pid = int(pid_file.read_text().strip() or 0)
     cmdline = Path(f"/proc/{pid}/cmdline")
     if pid > 0 and cmdline.exists() and b"flower-superlink" in cmdline.read_bytes():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        kill_tree(pid)  # its ServerApp runs in another session and would keep writing here
     pid_file.unlink(missing_ok=True)
 
 

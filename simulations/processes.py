@@ -47,14 +47,50 @@ def start_process(
         )
 
 
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of `pid`, found through /proc parent links.
+
+    Flower starts `flower-superexec` (and through it the ServerApp) in sessions of their own,
+    so killing a SuperLink's process group does not reach them; their PIDs must be collected.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid`'s process group and every descendant, in whatever session."""
+    tree = descendants(pid)
+    _signal_group(pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+
+
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
+    """SIGTERM the process group, then SIGKILL it and any descendant left after `grace` s."""
+    tree = descendants(process.pid)
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-    # Children (e.g. flwr-simulation, Ray workers) may outlive the leader: kill the group.
+    # Children (e.g. flwr-simulation, Ray workers) may outlive the leader: kill them all.
     _signal_group(process.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
 
