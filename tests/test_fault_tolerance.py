@@ -16,6 +16,7 @@ import pytest
 from common.config import RunConfig
 from simulations.cli import load_named_config
 from simulations.launcher import APP_DIR, SimulationResources, simulate
+from simulations.processes import kill_tree
 
 TIMING = ["seconds", "aggregate_seconds", "distill_seconds"]
 
@@ -118,6 +119,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
     finally:
         os.killpg(victim.pid, signal.SIGKILL)  # the launcher, as a crash would take it
         victim.wait()
+        # A crash takes the SuperLink and its ServerApp (other sessions) too.
+        kill_tree(int((killed_dir / "superlink.pid").read_text()))
     assert not (killed_dir / "summary.json").exists()
 
     resumed = subprocess.run(
