@@ -15,7 +15,6 @@ from pathlib import Path
 from types import TracebackType
 
 PROC = Path("/proc")
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def descendants(root_pid: int) -> list[int]:
@@ -44,19 +43,27 @@ def tree_memory(root_pid: int) -> tuple[int, int, int]:
     rss = pss = count = 0
     for pid in descendants(root_pid):
         try:
-            rss += int((PROC / str(pid) / "statm").read_text().split()[1]) * PAGE_BYTES
-            pss += _pss(pid)
-            count += 1
-        except (OSError, ValueError, IndexError):
+            process_rss, process_pss = _rss_and_pss(pid)
+        except (OSError, ValueError, IndexError, KeyError):  # exited, or no smaps (kernel)
             continue
+        rss += process_rss
+        pss += process_pss
+        count += 1
     return rss, pss, count
 
 
-def _pss(pid: int) -> int:
+def _rss_and_pss(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of one process, both from one read of smaps_rollup.
+
+    One read matters: the kernel fills both lines in the same page walk, so PSS <= RSS holds
+    in every sample (statm read a moment apart from smaps_rollup broke that while memory moved).
+    """
+    fields = {}
     for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Pss"):
+            fields[name] = int(rest.split()[0]) * 1024
+    return fields["Rss"], fields["Pss"]
 
 
 class PeakMemory:
