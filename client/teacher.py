@@ -47,6 +47,29 @@ def new_teacher(config: RunConfig, splits: DatasetSplits, client_index: int) -> 
         )
 
 
+def train_on_private(
+    model: torch.nn.Module,
+    private: PrivateData,
+    config: RunConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> float:
+    """The clients' supervised recipe on private data: `local_epochs` of `local_optimizer` at
+    `local_lr`, batches of `local_batch_size` drawn from `generator`. Returns the last epoch's
+    mean cross-entropy."""
+    return train_supervised(
+        model,
+        private.x,
+        private.y,
+        epochs=config.local_epochs,
+        lr=config.local_lr,
+        batch_size=config.local_batch_size,
+        optimizer=config.local_optimizer,
+        generator=generator,
+        device=device,
+    )
+
+
 def run_local_round(
     teacher: torch.nn.Module,
     config: RunConfig,
@@ -72,17 +95,7 @@ def run_local_round(
             generator=generator,
             device=device,
         )
-    train_loss = train_supervised(
-        teacher,
-        private.x,
-        private.y,
-        epochs=config.local_epochs,
-        lr=config.local_lr,
-        batch_size=config.local_batch_size,
-        optimizer=config.local_optimizer,
-        generator=generator,
-        device=device,
-    )
+    train_loss = train_on_private(teacher, private, config, generator, device)
     probs = predict_probs(
         teacher, splits.public_x[request.query_indices], config.temperature, device
     )

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from client.data_source import PrivateData
-from client.teacher import new_teacher
+from client.teacher import new_teacher, train_on_private
 from common.config import RunConfig
 from common.data import DatasetSplits, partition_indices
 from common.files import atomic_write_bytes
@@ -94,17 +94,8 @@ def local_only(config: RunConfig, splits: DatasetSplits, device: torch.device) -
         start = time.perf_counter()
         teacher = new_teacher(config, splits, private.index)
         for round_number in range(1, config.rounds + 1):
-            train_supervised(
-                teacher,
-                private.x,
-                private.y,
-                epochs=config.local_epochs,
-                lr=config.local_lr,
-                batch_size=config.local_batch_size,
-                optimizer=config.local_optimizer,
-                generator=seeded_generator(config.seed, round_number, private.index),
-                device=device,
-            )
+            generator = seeded_generator(config.seed, round_number, private.index)
+            train_on_private(teacher, private, config, generator, device)
         metrics = evaluate_model(teacher, splits.test_x, splits.test_y, device)
         rows.append({"client": private.index, **metrics, "seconds": time.perf_counter() - start})
     return pd.DataFrame(rows)

@@ -22,12 +22,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from client.data_source import PrivateData, load_private_data
+from client.teacher import train_on_private
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits
 from common.metrics import accuracy, expected_calibration_error, nll
 from common.models import build_model
 from common.protocol import payload_bytes
-from common.training import predict_probs, resolve_device, seeded_generator, train_supervised
+from common.training import predict_probs, resolve_device, seeded_generator
 from server.results import RunDirectory
 
 ARRAYS_KEY = "arrays"
@@ -60,17 +61,8 @@ def local_train(
     device: torch.device,
 ) -> float:
     """One FedAvg client update: `local_epochs` of `local_optimizer` at `local_lr`; the loss."""
-    return train_supervised(
-        model,
-        private.x,
-        private.y,
-        epochs=config.local_epochs,
-        lr=config.local_lr,
-        batch_size=config.local_batch_size,
-        optimizer=config.local_optimizer,
-        generator=seeded_generator(config.seed, round_number, private.index, FEDAVG_SEED_TAG),
-        device=device,
-    )
+    generator = seeded_generator(config.seed, round_number, private.index, FEDAVG_SEED_TAG)
+    return train_on_private(model, private, config, generator, device)
 
 
 def train_reply_content(model: torch.nn.Module, num_examples: int, loss: float) -> RecordDict:
