@@ -29,11 +29,16 @@ from deploy.certs import ServerFiles, generate_deployment_files
 from simulations.launcher import (
     APP_DIR,
     OFFLINE_ENV,
-    _bin,
-    _with_bin_on_path,
     run_config_toml,
 )
-from simulations.processes import free_port, owned_processes, start_process, wait_for_port
+from simulations.processes import (
+    console_script,
+    free_port,
+    owned_processes,
+    start_process,
+    wait_for_port,
+    with_scripts_on_path,
+)
 
 CONNECTION = "feddistill-cluster"
 HOST = "127.0.0.1"
@@ -108,13 +113,13 @@ class LocalCluster:
     def env(self, flwr_home: Path) -> dict[str, str]:
         """Environment of a Flower process whose state lives in `flwr_home`."""
         flwr_home.mkdir(parents=True, exist_ok=True)
-        return _with_bin_on_path({**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)})
+        return with_scripts_on_path({**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)})
 
     def start_superlink(self, timeout: float = 120.0) -> None:
         """Start `flower-superlink` (TLS + SuperNode auth unless insecure) and wait for it."""
         state = self.workdir / "superlink"
         command = [
-            _bin("flower-superlink"),
+            console_script("flower-superlink"),
             f"--host={HOST}",
             f"--port={self.port}",
             f"--database={state / 'state.db'}",
@@ -166,7 +171,7 @@ class LocalCluster:
         if spec.name in self.supernodes:
             raise ValueError(f"a SuperNode named {spec.name!r} was already started")
         command = [
-            _bin("flower-supernode"),
+            console_script("flower-supernode"),
             f"--superlink={self.address}",
             f"--host={HOST}",
             f"--port={free_port()}",  # Runtime API for this node's ClientApp processes
@@ -229,7 +234,7 @@ class LocalCluster:
         run_config_path = self.operator_home / "run_config.toml"
         run_config_path.write_text(run_config_toml(config))
         command = [
-            _bin("flwr"),
+            console_script("flwr"),
             "run",
             str(APP_DIR),
             CONNECTION,
@@ -274,7 +279,7 @@ class LocalCluster:
 
     def _flwr(self, arguments: list[str]) -> subprocess.Popen:
         process = subprocess.Popen(
-            [_bin("flwr"), *arguments, "--format", "json"],
+            [console_script("flwr"), *arguments, "--format", "json"],
             env=self.env(self.operator_home),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

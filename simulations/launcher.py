@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig
 from simulations.processes import (
+    console_script,
     free_port,
     kill_tree,
     owned_processes,
     start_process,
     wait_for_port,
+    with_scripts_on_path,
 )
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def simulate(
         stop_stale_superlink(out_dir)
         superlink = start_process(
             [
-                _bin("flower-superlink"),
+                console_script("flower-superlink"),
                 "--insecure",
                 "--simulation",
                 "--isolation=subprocess",
@@ -127,13 +128,13 @@ def simulate(
                 "--disable-runtime-dependency-installation",
             ],
             out_dir / "superlink.log",
-            env=_with_bin_on_path(env),
+            env=with_scripts_on_path(env),
         )
         procs.append(superlink)
         (out_dir / PID_FILE).write_text(str(superlink.pid))
         wait_for_port("127.0.0.1", port, timeout=60, process=superlink)
         command = [
-            _bin("flwr"),
+            console_script("flwr"),
             "run",
             str(app_dir),
             CONNECTION,
@@ -144,7 +145,7 @@ def simulate(
             "--stream",
         ]
         run = subprocess.Popen(
-            command, env=_with_bin_on_path(env), stdout=stream_to, stderr=subprocess.STDOUT
+            command, env=with_scripts_on_path(env), stdout=stream_to, stderr=subprocess.STDOUT
         )
         procs.append(run)
         returncode = run.wait(timeout=timeout)
@@ -172,14 +173,3 @@ def stop_stale_superlink(out_dir: Path) -> None:
     if pid > 0 and cmdline.exists() and b"flower-superlink" in cmdline.read_bytes():
         kill_tree(pid)  # its ServerApp runs in another session and would keep writing here
     pid_file.unlink(missing_ok=True)
-
-
-def _bin(name: str) -> str:
-    """The console script next to this interpreter (the venv's bin), else from PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _with_bin_on_path(env: dict[str, str]) -> dict[str, str]:
-    # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH.
-    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}

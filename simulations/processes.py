@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -109,3 +110,15 @@ def owned_processes() -> Iterator[list[subprocess.Popen]]:
     finally:
         for process in reversed(processes):
             stop_process(process)
+
+
+def console_script(name: str) -> str:
+    """The console script `name` next to this interpreter (the venv's bin), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def with_scripts_on_path(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's bin first on PATH (flower-superlink starts
+    flower-superexec by name, so the venv's scripts must be found)."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
