@@ -72,10 +72,11 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL `pid`'s process group and every descendant, in whatever session."""
+    """SIGKILL `pid`, its process group (when it leads one) and every descendant, in whatever
+    session."""
     tree = descendants(pid)
     _signal_group(pid, signal.SIGKILL)
-    for child in tree:
+    for child in [pid, *tree]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
 

@@ -15,8 +15,8 @@ import pytest
 
 from common.config import RunConfig
 from simulations.cli import load_named_config
-from simulations.launcher import APP_DIR, SimulationResources, simulate
-from simulations.processes import kill_tree
+from simulations.launcher import APP_DIR, SimulationResources, simulate, stop_stale_superlink
+from simulations.processes import descendants, kill_tree
 
 TIMING = ["seconds", "aggregate_seconds", "distill_seconds"]
 
@@ -137,3 +137,61 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
     assert len(actual) == 3
     pd.testing.assert_frame_equal(actual, expected)
     assert not (killed_dir / "superlink.pid").exists()
+
+
+# A stand-in for the SuperLink a SIGKILLed launcher leaves behind: a real process whose command
+# line names flower-superlink, with a child in a session of its own (as Flower starts
+# flower-superexec and the ServerApp), which a process-group kill would miss.
+ORPHAN = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+    "start_new_session=True); time.sleep(600)"
+)
+
+
+def _alive(pid: int) -> bool:
+    """Running, i.e. neither gone nor a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for_child(pid: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if children := descendants(pid):
+            return children[0]
+        time.sleep(0.1)
+    raise TimeoutError(f"process {pid} started no child in {timeout}s")
+
+
+def test_resume_kills_a_stale_superlink_and_its_detached_children(tmp_path: Path) -> None:
+    leader = subprocess.Popen([sys.executable, "-c", ORPHAN, "flower-superlink"])
+    child = _wait_for_child(leader.pid)
+    (tmp_path / "superlink.pid").write_text(str(leader.pid))
+    try:
+        stop_stale_superlink(tmp_path)
+
+        assert leader.wait(timeout=10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
+        assert not (tmp_path / "superlink.pid").exists()
+    finally:
+        kill_tree(leader.pid)
+
+
+def test_resume_leaves_a_reused_pid_that_is_not_a_superlink_alone(tmp_path: Path) -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    (tmp_path / "superlink.pid").write_text(str(bystander.pid))
+    try:
+        stop_stale_superlink(tmp_path)
+
+        assert bystander.poll() is None
+        assert not (tmp_path / "superlink.pid").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

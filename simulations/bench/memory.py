@@ -10,38 +10,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import defaultdict
 from pathlib import Path
 from types import TracebackType
 
+from simulations.processes import descendants
+
 PROC = Path("/proc")
-
-
-def descendants(root_pid: int) -> list[int]:
-    """`root_pid` and every process below it (from each /proc/<pid>/stat's parent field)."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # The command name may contain spaces and parentheses: parse after the last ')'.
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children[parent].append(int(entry.name))
-    tree, frontier = [], [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, []))
-    return tree
 
 
 def tree_memory(root_pid: int) -> tuple[int, int, int]:
     """(RSS bytes, PSS bytes, process count) summed over the process tree of `root_pid`."""
     rss = pss = count = 0
-    for pid in descendants(root_pid):
+    for pid in [root_pid, *descendants(root_pid)]:
         try:
             process_rss, process_pss = _rss_and_pss(pid)
         except (OSError, ValueError, IndexError, KeyError):  # exited, or no smaps (kernel)
