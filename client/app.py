@@ -73,14 +73,16 @@ def train(msg: Message, context: Context) -> Message:
     saved = store.load(request.round)
     if saved is not None:
         teacher.load_state_dict(saved)
-    contribution, metrics = run_local_round(teacher, config, splits, private, request, device)
+    contribution, metrics = run_local_round(
+        teacher, config, splits, private, request, device, fresh=saved is None
+    )
     store.save(request.round, teacher.cpu().state_dict())
 
     if bool(round_config.get("secagg", False)):
         return start_secure_round(msg, context, config, contribution)
     content = RecordDict(
         {
-            CONTRIBUTION_RECORD: arrays_to_record({"probs": contribution.probs}),
+            CONTRIBUTION_RECORD: arrays_to_record(contribution.arrays()),
             ROUND_RECORD: ConfigRecord(
                 {"weight": contribution.weight, "public_hash": public_hash(splits.public_x)}
             ),

@@ -22,4 +22,6 @@ def add_dp_noise_share(contribution: Contribution, noise_std: float) -> Contribu
     noise = add_noise_share(np.zeros_like(clean), noise_std, np.random.default_rng())
     limit = NOISE_CLIP_SIGMAS * noise_std
     noisy = clean + np.clip(noise, -limit, limit)
-    return Contribution(probs=noisy, weight=contribution.weight)
+    return Contribution(
+        probs=noisy, weight=contribution.weight, row_weights=contribution.row_weights
+    )

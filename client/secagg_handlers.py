@@ -54,6 +54,11 @@ def start_secure_round(
             "probs": contribution.probs,
             "weight": np.array([contribution.weight]),
             "noise_std": np.array([noise_std]),
+            **(
+                {}
+                if contribution.row_weights is None
+                else {"row_weights": np.asarray(contribution.row_weights, dtype=np.float64)}
+            ),
         }
     )
     context.state[STATE_PROTOCOL] = ConfigRecord(protocol.to_state())
@@ -68,7 +73,11 @@ def continue_secure_round(msg: Message, context: Context, config: RunConfig, sta
     vector = None
     if stage == "masked-input":
         kept = record_to_arrays(context.state[STATE_CONTRIBUTION])
-        contribution = Contribution(probs=kept["probs"], weight=float(kept["weight"][0]))
+        contribution = Contribution(
+            probs=kept["probs"],
+            weight=float(kept["weight"][0]),
+            row_weights=kept.get("row_weights"),
+        )
         bound = value_bound(config, float(kept["noise_std"][0]))
         vector = encode_contribution(contribution, protocol.round_params, bound)
     reply = _respond(protocol, stage, msg, vector)

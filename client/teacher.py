@@ -10,6 +10,7 @@ import torch
 from client.data_source import PrivateData
 from common.config import RunConfig
 from common.data import DatasetSplits
+from common.methods import ClientView, get_method
 from common.models import build_model
 from common.protocol import Contribution
 from common.training import distill, predict_probs, seeded_generator, train_supervised
@@ -77,18 +78,26 @@ def run_local_round(
     private: PrivateData,
     request: RoundInput,
     device: torch.device,
+    fresh: bool = False,
 ) -> tuple[Contribution, dict[str, float]]:
-    """Digest (optional), train on private data, predict on the queried public samples.
+    """One client round of the configured method (`common.methods`).
 
-    Returns the contribution (probs (Q, K) at temperature T, weight) and local metrics.
+    Public warm-up (a fresh teacher, when the method has one and allow_public_labels=true),
+    digest toward the previous ensemble (optional), train on private data, predict on the
+    queried public samples at the method's temperature, then the method's per-row weights.
+    Returns the contribution (probs (Q, K), weight, row weights (Q,) or None) and local metrics.
     """
+    method = get_method(config.method)
+    temperature = method.temperature(config)
     generator = seeded_generator(config.seed, request.round, private.index)
+    if fresh and method.warm_up is not None and config.allow_public_labels:
+        method.warm_up(teacher, splits.public_x, splits.public_y, config, generator, device)
     if config.digest_epochs and request.digest_probs is not None:
         distill(
             teacher,
             splits.public_x[request.digest_indices],
             request.digest_probs,
-            temperature=config.temperature,
+            temperature=temperature,
             epochs=config.digest_epochs,
             lr=config.local_lr,
             batch_size=config.local_batch_size,
@@ -96,9 +105,14 @@ def run_local_round(
             device=device,
         )
     train_loss = train_on_private(teacher, private, config, generator, device)
-    probs = predict_probs(
-        teacher, splits.public_x[request.query_indices], config.temperature, device
-    )
+    query_x = splits.public_x[request.query_indices]
+    probs = predict_probs(teacher, query_x, temperature, device)  # (Q, K)
+    row_weights = None
+    if method.row_weights is not None:
+        view = ClientView(teacher, private.x, splits.public_x, query_x, probs, generator, device)
+        row_weights = method.row_weights(view, config)  # (Q,)
     weight = float(len(private.y)) if config.ensemble == "weighted" else 1.0
     metrics = {"train_loss": train_loss, "num_examples": float(len(private.y))}
-    return Contribution(probs=probs, weight=weight), metrics
+    if row_weights is not None:
+        metrics["rows_shared"] = float(np.count_nonzero(row_weights))
+    return Contribution(probs=probs, weight=weight, row_weights=row_weights), metrics

@@ -37,6 +37,9 @@ class RunConfig:
     resume: bool = _doc(False, "continue the run in out_dir from its last completed round")
     device: str = _doc("auto", "auto (CUDA when present), cpu or cuda")
     client_threads: int = _doc(1, "torch CPU threads per client (fixed for reproducibility)")
+    server_threads: int = _doc(
+        2, "torch CPU threads of the server's distillation (fixed: the core count would vary it)"
+    )
     # --- data ---
     dataset: str = _doc("mnist1d", "mnist1d | mnist | cifar10 | npz:PATH | parquet:DIR")
     data_dir: str = _doc("", "cache for generated/downloaded data; empty = ~/.cache/feddistill")
@@ -62,9 +65,23 @@ class RunConfig:
     fraction: float = _doc(1.0, "fraction of connected nodes sampled each round")
     min_clients: int = _doc(2, "minimum cohort size; a smaller round is skipped loudly")
     round_timeout: float = _doc(600.0, "seconds to wait for a stage's replies")
+    # --- FD method (common/methods/: what clients report, how the server combines it) ---
+    method: str = _doc("fedmd", "fedmd | dsfl | selective | certainty")
+    public_warmup_epochs: int = _doc(
+        5, "fedmd: epochs on the labelled public set before private data (allow_public_labels)"
+    )
+    era_temperature: float = _doc(0.1, "dsfl: ERA sharpening temperature T_era")
+    selective_quantile: float = _doc(
+        0.05, "selective: share abstained on of a client's own held-out private samples"
+    )
+    ambiguity_threshold: float = _doc(
+        0.5, "selective: drop ensemble rows whose normalised entropy at T=1 exceeds this"
+    )
+    min_row_weight: float = _doc(
+        0.5, "selective, certainty: drop rows whose total client weight is below this"
+    )
     # --- server: ensemble and distillation ---
     ensemble: str = _doc("uniform", "uniform mean or weighted (by private sample count)")
-    era_temperature: float = _doc(0.0, "ERA sharpening temperature (DS-FL); 0 = off")
     distill_epochs: int = _doc(20, "student epochs on the public set per round")
     distill_lr: float = _doc(0.003, "student learning rate (Adam)")
     distill_batch_size: int = _doc(128, "student batch size")
@@ -119,6 +136,9 @@ class RunConfig:
         _require(
             self.client_threads >= 1, f"client_threads must be >= 1, got {self.client_threads}"
         )
+        _require(
+            self.server_threads >= 1, f"server_threads must be >= 1, got {self.server_threads}"
+        )
         _require(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
         self._validate_dataset()
         _require(
@@ -166,10 +186,7 @@ class RunConfig:
             self.ensemble in ENSEMBLE_RULES,
             f"ensemble must be one of {ENSEMBLE_RULES}, got {self.ensemble!r}",
         )
-        _require(
-            self.era_temperature >= 0,
-            f"era_temperature must be >= 0 (0 = off), got {self.era_temperature}",
-        )
+        self._validate_method()
         _require(
             0 <= self.secagg_frac_bits <= 40,
             f"secagg_frac_bits must be in [0, 40], got {self.secagg_frac_bits}",
@@ -212,6 +229,37 @@ class RunConfig:
             self.hard_label_weight == 0 or self.allow_public_labels,
             f"hard_label_weight={self.hard_label_weight} uses the public set's true labels; "
             "set allow_public_labels=true to run this ablation",
+        )
+
+    def _validate_method(self) -> None:
+        from common.methods import METHOD_NAMES, get_method  # local: methods import torch
+
+        _require(
+            self.method in METHOD_NAMES,
+            f"method must be one of {METHOD_NAMES}, got {self.method!r}",
+        )
+        _require(
+            self.public_warmup_epochs >= 0,
+            f"public_warmup_epochs must be >= 0, got {self.public_warmup_epochs}",
+        )
+        _require(
+            self.era_temperature > 0, f"era_temperature must be > 0, got {self.era_temperature}"
+        )
+        _require(
+            0 < self.selective_quantile < 1,
+            f"selective_quantile must be in (0, 1), got {self.selective_quantile}",
+        )
+        _require(
+            0 < self.ambiguity_threshold <= 1,
+            f"ambiguity_threshold must be in (0, 1], got {self.ambiguity_threshold}",
+        )
+        _require(
+            self.min_row_weight >= 0, f"min_row_weight must be >= 0, got {self.min_row_weight}"
+        )
+        _require(
+            self.dp_noise_multiplier == 0 or not get_method(self.method).per_row_weights,
+            f"dp_noise_multiplier > 0 is not supported with method={self.method!r}: its "
+            "per-row weight totals would be released without noise; use fedmd or dsfl",
         )
 
     def _validate_dataset(self) -> None:

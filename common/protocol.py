@@ -34,23 +34,59 @@ class Contribution:
     ----------
     probs : (Q, K) float32 temperature-softened probabilities on the queried public samples.
     weight : the client's ensemble weight (1.0 for the uniform rule, its private sample count
-        for the weighted rule); the server receives Σ w_i · probs_i and Σ w_i.
+        for the weighted rule).
+    row_weights : (Q,) per-row weights r_j in [0, 1] (0 = abstain on that row) for methods with
+        per-row weights, else None.
+
+    The server receives only sums over clients: Σ w·probs and Σ w without row weights;
+    Σ w·r_j·probs_j and Σ w·r_j per row with them.
     """
 
     probs: np.ndarray
     weight: float
+    row_weights: np.ndarray | None = None
 
     def weighted_vector(self) -> np.ndarray:
-        """Flat float64 vector [w · probs.ravel(), w] of length Q·K + 1: what gets summed."""
-        flat = self.probs.astype(np.float64).ravel() * self.weight
-        return np.concatenate([flat, [self.weight]])
+        """Flat float64 vector of what gets summed.
+
+        Without row weights: [w · probs.ravel(), w], length Q·K + 1; with them:
+        [(w · r[:, None] · probs).ravel(), w · r], length Q·K + Q.
+        """
+        probs = self.probs.astype(np.float64)  # (Q, K)
+        if self.row_weights is None:
+            return np.concatenate([probs.ravel() * self.weight, [self.weight]])
+        rows = self.weight * np.asarray(self.row_weights, dtype=np.float64)  # (Q,)
+        return np.concatenate([(rows[:, None] * probs).ravel(), rows])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The plain-mode payload: `probs` (Q, K) float32 and, with them, `row_weights` (Q,)."""
+        if self.row_weights is None:
+            return {"probs": self.probs}
+        return {"probs": self.probs, "row_weights": np.asarray(self.row_weights, np.float32)}
 
 
-def split_weighted_vector(vector: np.ndarray, num_classes: int) -> tuple[np.ndarray, float]:
-    """Inverse of `Contribution.weighted_vector` for a (sum of) vector(s): → ((Q, K), Σw)."""
-    if (len(vector) - 1) % num_classes:
-        raise ValueError(f"vector length {len(vector)} is not Q·{num_classes} + 1")
-    return vector[:-1].reshape(-1, num_classes), float(vector[-1])
+def summed_length(n_query: int, num_classes: int, per_row_weights: bool) -> int:
+    """Length of `Contribution.weighted_vector` for Q queried rows and K classes."""
+    return n_query * num_classes + (n_query if per_row_weights else 1)
+
+
+def split_weighted_vector(
+    vector: np.ndarray, num_classes: int, per_row_weights: bool = False
+) -> tuple[np.ndarray, np.ndarray | float]:
+    """Inverse of `Contribution.weighted_vector` for a (sum of) vector(s).
+
+    Returns ((Q, K) weighted sums, Σw as a float) without row weights, or
+    ((Q, K), (Q,) per-row totals) with them.
+    """
+    width = num_classes + 1 if per_row_weights else num_classes
+    tail = 0 if per_row_weights else 1
+    if (len(vector) - tail) % width:
+        layout = f"Q·{num_classes + 1}" if per_row_weights else f"Q·{num_classes} + 1"
+        raise ValueError(f"vector length {len(vector)} is not {layout}")
+    if not per_row_weights:
+        return vector[:-1].reshape(-1, num_classes), float(vector[-1])
+    n_query = len(vector) // width
+    return vector[: n_query * num_classes].reshape(n_query, num_classes), vector[-n_query:]
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

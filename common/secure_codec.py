@@ -60,11 +60,14 @@ def encode_contribution(
 
 
 def decode_aggregate(
-    total: np.ndarray, params: SecAggParams, num_classes: int
-) -> tuple[np.ndarray, float]:
-    """Secure sum (uint64, (Q·K + 1,)) → (Σ w·P as (Q, K) float64, Σ w)."""
+    total: np.ndarray, params: SecAggParams, num_classes: int, per_row_weights: bool = False
+) -> tuple[np.ndarray, np.ndarray | float]:
+    """Secure sum → (Σ w·P as (Q, K) float64, Σ w as a float, or (Q,) per-row totals).
+
+    The sum is (Q·K + 1,) uint64 without per-row weights, (Q·K + Q,) with them.
+    """
     values = decode_sum(total, params.frac_bits, params.modulus_bits)
-    return split_weighted_vector(values, num_classes)
+    return split_weighted_vector(values, num_classes, per_row_weights)
 
 
 def payload_to_records(payload: dict[str, Any]) -> tuple[ConfigRecord, ArrayRecord]:

@@ -50,6 +50,7 @@ class RoundPlan:
     min_clients : fewest contributions that make a valid aggregate.
     timeout : seconds to wait for each stage's replies.
     digest_indices, digest_probs : previous ensemble (Q',), (Q', K) for the digest step, or None.
+    per_row_weights : whether contributions carry a weight per queried row (the method's).
     """
 
     round: int
@@ -61,6 +62,7 @@ class RoundPlan:
     timeout: float
     digest_indices: np.ndarray | None = None
     digest_probs: np.ndarray | None = None
+    per_row_weights: bool = False
 
     def train_message(self, node_id: int, extra: dict[str, object] | None = None) -> Message:
         """The `train` message for one node; `extra` adds round-config fields (e.g. secagg)."""
@@ -88,8 +90,9 @@ class Aggregate:
 
     Attributes
     ----------
-    weighted_sum : (Q, K) float64 Σ_i w_i · P_i over contributors.
-    total_weight : Σ_i w_i.
+    weighted_sum : (Q, K) float64 Σ_i w_i · P_i over contributors (per-row weights:
+        Σ_i w_i·r_ij · P_ij).
+    total_weight : Σ_i w_i, or the (Q,) per-row totals Σ_i w_i·r_ij.
     contributors : node ids whose contribution is in the sum.
     failed : node id → reason, for cohort members left out.
     bytes_up, bytes_down : payload bytes received from / sent to clients this round.
@@ -97,7 +100,7 @@ class Aggregate:
     """
 
     weighted_sum: np.ndarray
-    total_weight: float
+    total_weight: float | np.ndarray
     contributors: list[int]
     failed: dict[int, str] = field(default_factory=dict)
     bytes_up: int = 0
@@ -143,10 +146,15 @@ class PlainAggregator:
         }
         expected_shape = (len(plan.query_indices), plan.num_classes)
         weighted_sum = np.zeros(expected_shape, dtype=np.float64)
-        total_weight, contributors, failed, metrics, bytes_up = 0.0, [], {}, {}, 0
+        total_weight: float | np.ndarray = (
+            np.zeros(len(plan.query_indices)) if plan.per_row_weights else 0.0
+        )
+        contributors, failed, metrics, bytes_up = [], {}, {}, 0
         for node in plan.cohort:  # stable order: the float sum does not depend on arrival
             reply = replies.get(node.node_id)
-            reason, probs, weight = _unpack(reply, expected_shape, plan.public_hash)
+            reason, probs, weight = _unpack(
+                reply, expected_shape, plan.public_hash, plan.per_row_weights
+            )
             if reply is not None and not reply.has_error():
                 bytes_up += payload_bytes(reply.content)
             if reason is not None:
@@ -159,8 +167,11 @@ class PlainAggregator:
                     reason,
                 )
                 continue
-            weighted_sum += weight * probs.astype(np.float64)
-            total_weight += weight
+            if plan.per_row_weights:  # weight: (Q,) w_i · r_ij
+                weighted_sum += weight[:, None] * probs.astype(np.float64)
+            else:
+                weighted_sum += weight * probs.astype(np.float64)
+            total_weight = total_weight + weight
             contributors.append(node.node_id)
             if "client_metrics" in reply.content:
                 metrics[node.node_id] = dict(reply.content["client_metrics"])
@@ -181,16 +192,35 @@ class PlainAggregator:
         )
 
 
+def validate_row_weights(row_weights: np.ndarray, n_query: int) -> str | None:
+    """Reason a reported per-row weight vector is unacceptable, or None if it is fine."""
+    if row_weights.shape != (n_query,):
+        return f"row_weights shape {row_weights.shape}, expected ({n_query},)"
+    if not np.all(np.isfinite(row_weights)):
+        return "row_weights hold NaN or Inf values"
+    if row_weights.min(initial=0.0) < 0.0 or row_weights.max(initial=0.0) > 1.0:
+        return (
+            f"row_weights outside [0, 1] (min {row_weights.min():.3g}, max {row_weights.max():.3g})"
+        )
+    return None
+
+
 def _unpack(
-    reply: Message | None, expected_shape: tuple[int, int], public_digest: str
-) -> tuple[str | None, np.ndarray, float]:
+    reply: Message | None,
+    expected_shape: tuple[int, int],
+    public_digest: str,
+    per_row_weights: bool,
+) -> tuple[str | None, np.ndarray, float | np.ndarray]:
+    """(reason or None, probs (Q, K), weight w_i, or (Q,) w_i·r_ij with per-row weights)."""
     empty = np.empty(0)
     if reply is None:
         return "no reply before the timeout", empty, 0.0
     if reply.has_error():
         return f"client error: {reply.error.reason}", empty, 0.0
     try:
-        probs = record_to_arrays(reply.content[CONTRIBUTION_RECORD])["probs"]
+        arrays = record_to_arrays(reply.content[CONTRIBUTION_RECORD])
+        probs = arrays["probs"]
+        row_weights = arrays["row_weights"].astype(np.float64) if per_row_weights else None
         weight = float(reply.content[ROUND_RECORD]["weight"])
         reported_hash = str(reply.content[ROUND_RECORD]["public_hash"])
     except (KeyError, TypeError, ValueError) as error:
@@ -200,4 +230,7 @@ def _unpack(
     if not np.isfinite(weight) or weight <= 0:
         return f"weight must be finite and > 0, got {weight}", empty, 0.0
     reason = validate_probs(probs, expected_shape)
+    if reason is None and row_weights is not None:
+        reason = validate_row_weights(row_weights, expected_shape[0])
+        return reason, probs, weight * row_weights
     return reason, probs, weight

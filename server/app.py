@@ -8,19 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits, public_hash
 from common.dp import epsilon
-from common.kd import ensemble_mean, era_sharpen
+from common.feasibility import aggregation_mode, describe_aggregation, describe_planned_aggregation
 from common.logs import get_logger
+from common.methods import Ensemble, get_method
 from common.metrics import accuracy
 from common.training import resolve_device
 from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
 from server.cohort import NodeRegistry, sample_cohort
-from server.results import RunDirectory
+from server.results import RunDirectory, summarise_rounds
 from server.secure_aggregator import SecureAggregator
 from server.student import Student
 
@@ -50,9 +52,11 @@ def resolve_out_dir(config: RunConfig) -> Path:
 def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggregator) -> Path:
     """The round loop. Returns the run directory."""
     wall_start = time.perf_counter()
+    torch.set_num_threads(config.server_threads)  # the core count must not change the numerics
     results = RunDirectory(resolve_out_dir(config))
     results.write_config(config.to_dict())
     splits = load_splits(config)
+    method = get_method(config.method)
     public_digest = public_hash(splits.public_x)
     device = resolve_device(config.device)
     student = Student(config, splits, device)
@@ -66,6 +70,10 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         device,
         results.path,
     )
+    log.info(
+        "feddistill: aggregation: %s; k, t and m are resolved per round for its cohort",
+        describe_planned_aggregation(config, len(splits.public_x)),
+    )
     first_round, previous = 1, None  # previous = (query indices, ensemble probs)
     if config.resume:
         first_round, previous = _resume(results, student)
@@ -78,22 +86,34 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
             )
             aggregate = aggregator.collect(grid, plan)
         except (RoundFailed, ValueError) as error:
-            log.error("round %d skipped: %s", round_number, error)
+            log.error(
+                "round %d/%d skipped (%s): %s",
+                round_number,
+                config.rounds,
+                aggregation_mode(config),
+                error,
+            )
             row.update(status=f"failed: {error}", seconds=time.perf_counter() - round_start)
             _save_round(results, student, row, previous)
             continue
-        ensemble = ensemble_mean(aggregate.weighted_sum, aggregate.total_weight)  # (Q, K)
-        if config.era_temperature > 0:
-            ensemble = era_sharpen(ensemble, config.era_temperature)
-        previous = (plan.query_indices, ensemble)
-        row.update(_distill_and_evaluate(student, splits, plan, ensemble, aggregate, round_number))
+        ensemble = method.combine(aggregate.weighted_sum, aggregate.total_weight, config)
+        if not ensemble.kept.any():
+            log.error("round %d skipped: the method kept no ensemble row", round_number)
+            row.update(status="failed: no ensemble row kept", **_row_counts(ensemble))
+            row["seconds"] = time.perf_counter() - round_start
+            _save_round(results, student, row, previous)
+            continue
+        query, probs = plan.query_indices[ensemble.kept], ensemble.probs[ensemble.kept]
+        previous = (query, probs)  # (Q',), (Q', K): what the student and the digest use
+        row.update(_distill_and_evaluate(student, splits, query, probs, aggregate, plan))
+        row.update(_row_counts(ensemble))
         if config.dp_noise_multiplier > 0:
             row.update(_privacy_columns(config, plan, aggregate, round_number))
         row["seconds"] = time.perf_counter() - round_start
         _save_round(results, student, row, previous)
         log.info(
             "round %d/%d: student acc %.4f nll %.3f ece %.3f | ensemble(public) acc %.4f | "
-            "%d clients (%d failed) | %.1fs",
+            "%d clients (%d failed) | %s | %.1fs",
             round_number,
             config.rounds,
             row["student_accuracy"],
@@ -102,6 +122,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
             row["ensemble_public_accuracy"],
             row["clients"],
             row["clients_failed"],
+            describe_aggregation(config, len(plan.cohort), len(plan.query_indices)),
             row["seconds"],
         )
     _finish(results, wall_start)
@@ -176,21 +197,32 @@ def _plan_round(
         timeout=config.round_timeout,
         digest_indices=None if previous is None or not config.digest_epochs else previous[0],
         digest_probs=None if previous is None or not config.digest_epochs else previous[1],
+        per_row_weights=get_method(config.method).per_row_weights,
     )
+
+
+def _row_counts(ensemble: Ensemble) -> dict[str, int]:
+    """How many queried rows the method kept, and why the others were left out."""
+    return {
+        "rows_kept": int(ensemble.kept.sum()),
+        "rows_low_weight": int(ensemble.low_weight.sum()),
+        "rows_ambiguous": int(ensemble.ambiguous.sum()),
+    }
 
 
 def _distill_and_evaluate(
     student: Student,
     splits: DatasetSplits,
-    plan: RoundPlan,
+    query: np.ndarray,
     ensemble: np.ndarray,
     aggregate: Aggregate,
-    round_number: int,
+    plan: RoundPlan,
 ) -> dict[str, Any]:
-    public_y = splits.public_y[plan.query_indices]
+    """Distil the kept rows (Q',) with their ensemble (Q', K); evaluate; the round's columns."""
+    public_y = splits.public_y[query]
     labels = {node.node_id: node.label for node in plan.cohort}
     distill_start = time.perf_counter()
-    loss = student.distill(round_number, splits.public_x[plan.query_indices], ensemble, public_y)
+    loss = student.distill(plan.round, splits.public_x[query], ensemble, public_y)
     distill_seconds = time.perf_counter() - distill_start
     entropy = float(-np.mean(np.sum(ensemble * np.log(np.clip(ensemble, 1e-12, None)), axis=1)))
     return {
@@ -232,18 +264,20 @@ def _privacy_columns(
 
 
 def _finish(results: RunDirectory, wall_start: float) -> None:
-    done = [row for row in results.rows if row.get("status") == "ok"]
-    summary: dict[str, Any] = {
-        "rounds": len(results.rows),
-        "rounds_completed": len(done),
+    """Write summary.json (round counts, failures, final metrics) and the accuracy plot."""
+    summary = {
+        **summarise_rounds(results.rows),
         "wall_seconds": time.perf_counter() - wall_start,
         "out_dir": str(results.path),
     }
-    if done:
-        last = done[-1]
-        summary.update(
-            {key: last[key] for key in ("student_accuracy", "student_nll", "student_ece")}
-        )
+    if summary["rounds_completed"]:
         results.write_accuracy_plot()
     results.write_summary(summary)
+    if summary["rounds_failed"]:
+        log.warning(
+            "feddistill: %d of %d rounds failed: %s",
+            summary["rounds_failed"],
+            summary["rounds"],
+            "; ".join(f"round {f['round']}: {f['reason']}" for f in summary["failed_rounds"]),
+        )
     log.info("feddistill: finished; results in %s", results.path)

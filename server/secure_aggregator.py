@@ -11,12 +11,13 @@ from __future__ import annotations
 import secrets
 import time
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.logs import get_logger
-from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes
+from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes, summed_length
 from common.secagg import STAGES, SecAggAbort
 from common.secure_codec import (
     client_policy,
@@ -49,7 +50,7 @@ class SecureAggregator:
         start = time.perf_counter()
         cohort = [node.node_id for node in plan.cohort]
         labels = {node.node_id: node.label for node in plan.cohort}
-        length = len(plan.query_indices) * plan.num_classes + 1
+        length = summed_length(len(plan.query_indices), plan.num_classes, plan.per_row_weights)
         noise_std = dp_noise_share_std(self.config, len(plan.query_indices), len(cohort))
         try:
             params = self.policy.validate(len(cohort), value_bound(self.config, noise_std))
@@ -94,9 +95,11 @@ class SecureAggregator:
         result = server.result()
         for node_id in result.dropped:
             failed.setdefault(node_id, "dropped out (no reply before the timeout)")
-        weighted_sum, total_weight = decode_aggregate(result.total, params, plan.num_classes)
-        if total_weight <= 0:
-            raise RoundFailed(f"round {plan.round}: decoded total weight {total_weight} <= 0")
+        weighted_sum, total_weight = decode_aggregate(
+            result.total, params, plan.num_classes, plan.per_row_weights
+        )
+        if np.max(total_weight) <= 0:
+            raise RoundFailed(f"round {plan.round}: every decoded total weight is <= 0")
         return Aggregate(
             weighted_sum=weighted_sum,
             total_weight=total_weight,

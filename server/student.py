@@ -9,6 +9,7 @@ import torch
 
 from common.config import RunConfig
 from common.data import DatasetSplits
+from common.methods import get_method
 from common.metrics import accuracy, expected_calibration_error, nll
 from common.models import build_model
 from common.training import distill, predict_probs, seeded_generator
@@ -42,7 +43,7 @@ class Student:
             self.model,
             public_x,
             ensemble_probs.astype(np.float32),
-            temperature=self.config.temperature,
+            temperature=get_method(self.config.method).temperature(self.config),
             epochs=self.config.distill_epochs,
             lr=self.config.distill_lr,
             batch_size=self.config.distill_batch_size,

@@ -112,15 +112,16 @@ def test_quality_reports_every_method(quality: Path) -> None:
         "centralised student",
         "local-only teachers (client mean)",
         "hard-label student (public labels)",
-        "FD one-shot (ours, 1 round)",
-        "FD multi-round (ours, digest)",
+        "oracle-teacher student (central teacher, public inputs)",
+        "FD fedmd one-shot (1 round)",
+        "FD fedmd",
         "FedAvg (student)",
     }
     assert rows[["accuracy", "nll", "ece"]].notna().all().all()
     flower = rows[rows["method"].str.startswith(("FD", "FedAvg"))]
     assert (flower["upload_mb_per_client"] > 0).all()
-    assert "| FD multi-round (ours, digest) | 2 |" in markdown
-    assert "## Targets (measured)" in markdown
+    assert "| FD fedmd | 2 |" in markdown
+    assert "## Targets (measured, best FD method per α)" in markdown
     assert (quality / "quality_rounds_a0.5.png").stat().st_size > 0
 
 
@@ -129,7 +130,7 @@ def test_inprocess_engine_reproduces_the_flower_runs(root: Path, quality: Path) 
     flower = pd.read_csv(quality / "quality.csv").set_index("method")
     ours = pd.read_csv(inprocess / "quality.csv").set_index("method")
 
-    fd = ["FD one-shot (ours, 1 round)", "FD multi-round (ours, digest)"]
+    fd = ["FD fedmd one-shot (1 round)", "FD fedmd"]
     metrics = ["accuracy", "nll", "ece"]
     np.testing.assert_allclose(ours.loc[fd, metrics], flower.loc[fd, metrics], atol=1e-6)
     # FedAvg: only the float32 summation order differs (Flower samples nodes in random order).
@@ -146,7 +147,7 @@ def test_comm_reuses_quality_runs_and_counts_bytes(root: Path, quality: Path) ->
     quality_rows = pd.read_csv(quality / "quality.csv").set_index("method")
 
     secagg, plain = rows.loc["FD, SecAgg+ (fixed-point)"], rows.loc["FD, plain float32"]
-    assert secagg["accuracy"] == quality_rows.loc["FD multi-round (ours, digest)", "accuracy"]
+    assert secagg["accuracy"] == quality_rows.loc["FD fedmd", "accuracy"]
     assert secagg["kb_per_client_round"] > plain["kb_per_client_round"] > 0
     assert rows.loc["FedAvg (student weights, float32)", "kb_per_client_round"] > 0
     assert len(list((root / "flower-runs").glob("fedavg-a0.5-s0-*"))) == 1  # reused

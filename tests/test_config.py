@@ -89,7 +89,16 @@ def test_from_mapping_coerces_cli_strings_to_field_types():
         ({"local_optimizer": "lion"}, ["local_optimizer must be one of", "'adam'", "'lion'"]),
         ({"device": "tpu"}, ["device must be one of", "'cuda'", "'tpu'"]),
         ({"fraction": 0.0}, ["fraction must be in (0, 1], got 0.0"]),
-        ({"era_temperature": -1}, ["era_temperature must be >= 0 (0 = off), got -1.0"]),
+        ({"era_temperature": 0}, ["era_temperature must be > 0, got 0.0"]),
+        ({"method": "fedavg"}, ["method must be one of", "'fedmd'", "'selective'", "'fedavg'"]),
+        ({"selective_quantile": 1.0}, ["selective_quantile must be in (0, 1), got 1.0"]),
+        ({"ambiguity_threshold": 0}, ["ambiguity_threshold must be in (0, 1], got 0.0"]),
+        ({"min_row_weight": -0.5}, ["min_row_weight must be >= 0, got -0.5"]),
+        ({"public_warmup_epochs": -1}, ["public_warmup_epochs must be >= 0, got -1"]),
+        (
+            {"method": "certainty", "dp_noise_multiplier": 1.0},
+            ["dp_noise_multiplier > 0 is not supported with method='certainty'", "per-row"],
+        ),
         ({"num_samples": 50}, ["num_samples must be >= 100, got 50"]),
         ({"distill_epochs": 0}, ["distill_epochs must be >= 1, got 0"]),
         (

@@ -34,10 +34,18 @@ SMOKE_TIMEOUT = 900.0  # seconds per smoke simulation; ~20-40 s each on 2 idle c
 # The smoke config at its earlier, smaller size (3000 samples, 3 local and 5 distill epochs):
 # there the ensembles' difference (< 2^-25 per entry) stays below 1e-7 in the student, while at
 # 40 distill epochs chaotic training amplifies it to ~1e-3 and the test would compare noise.
-SMOKE_OVERRIDES = ["num_samples=3000", "public_fraction=0.2", "local_epochs=3", "distill_epochs=5"]
+# method=certainty: the pair also carries per-row weights through the real apps (the default
+# method's scalar layout runs in test_simulation.py and test_fault_tolerance.py).
+SMOKE_OVERRIDES = [
+    "num_samples=3000",
+    "public_fraction=0.2",
+    "local_epochs=3",
+    "distill_epochs=5",
+    "method=certainty",
+]
 STUDENT_TOLERANCE = 1e-6  # largest difference seen ~6e-8
 STUDENT_COLUMNS = ("student_nll", "student_ece", "distill_loss", "ensemble_entropy")
-EXACT_COLUMNS = ("status", "clients", "student_accuracy", "ensemble_public_accuracy")
+EXACT_COLUMNS = ("status", "clients", "rows_kept", "student_accuracy", "ensemble_public_accuracy")
 
 N_CLIENTS = 5  # k = 4 (all-to-all), t = 3, min_cohort = 3
 PLAIN_ROUND, SECURE_ROUND = 1, 2

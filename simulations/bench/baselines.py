@@ -30,8 +30,10 @@ from client.teacher import new_teacher, train_on_private
 from common.config import RunConfig
 from common.data import DatasetSplits, partition_indices
 from common.files import atomic_write_bytes
-from common.training import seeded_generator, train_supervised
+from common.methods import get_method
+from common.training import predict_probs, seeded_generator, train_supervised
 from server.cohort import NodeInfo, sample_cohort
+from server.student import Student
 from simulations.bench.fedavg_app import (
     cpu_state,
     evaluate_model,
@@ -81,6 +83,38 @@ def centralised(
     )
     metrics = evaluate_model(model, splits.test_x, splits.test_y, device)
     return {**metrics, "seconds": time.perf_counter() - start}
+
+
+def oracle_teacher_student(
+    config: RunConfig, splits: DatasetSplits, device: torch.device
+) -> dict[str, float]:
+    """The ceiling of FD on this public set: one teacher of the first teacher architecture
+    trained on the pooled private data (as `centralised`), its soft labels on every public input
+    at the method's temperature distilled into the federated student's initial weights with the
+    federated student's recipe and budget (`rounds` calls of `distill_epochs`). Test metrics and
+    seconds."""
+    start = time.perf_counter()
+    teacher = seeded_model(config.teacher_model_list[0], splits, config.seed, CENTRAL_SEED_TAG)
+    train_supervised(
+        teacher,
+        splits.private_x,
+        splits.private_y,
+        epochs=config.local_epochs * config.rounds,
+        lr=config.local_lr,
+        batch_size=config.local_batch_size,
+        optimizer=config.local_optimizer,
+        generator=seeded_generator(config.seed, CENTRAL_SEED_TAG),
+        device=device,
+    )
+    temperature = get_method(config.method).temperature(config)
+    probs = predict_probs(teacher, splits.public_x, temperature, device)  # (P, K)
+    student = Student(config, splits, device)
+    for round_number in range(1, config.rounds + 1):
+        student.distill(round_number, splits.public_x, probs)
+    return {
+        **student.evaluate(splits.test_x, splits.test_y),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def local_only(config: RunConfig, splits: DatasetSplits, device: torch.device) -> pd.DataFrame:

@@ -4,8 +4,9 @@ Every round does what the simulation does, with the same functions and seeds: sa
 (`sample_cohort`), pick the public query, run each client's `run_local_round` on its partition
 (with `client_threads` torch threads, as a ClientApp does), add DP noise shares, sum the soft
 labels (through the same SecAgg+ protocol objects when `secagg` is on, in memory instead of
-over messages), form the ensemble, distil and evaluate the `Student`. The difference to the
-simulation is the framework: messages, serialisation, actors, state persistence.
+over messages), form the ensemble, distil and evaluate the `Student` (with `server_threads`, as
+the ServerApp does). The difference to the simulation is the framework: messages,
+serialisation, actors, state persistence.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from client.secagg import SecAggClient
 from client.teacher import RoundInput, new_teacher, run_local_round
 from common.config import RunConfig
 from common.data import DatasetSplits
-from common.kd import ensemble_mean, era_sharpen
+from common.methods import get_method
 from common.metrics import accuracy
-from common.protocol import Contribution
+from common.protocol import Contribution, split_weighted_vector, summed_length
 from common.secagg import STAGES
 from common.secure_codec import (
     client_policy,
@@ -48,11 +49,11 @@ def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
     round time (sampling through evaluation), `aggregate_seconds` the clients plus the sum.
     """
     device = resolve_device(config.device)
-    server_threads = torch.get_num_threads()
     clients = client_data(config, splits)
     nodes = [NodeInfo(node_id=p.index + 1, index=p.index, label=p.label) for p in clients]
     teachers: dict[int, torch.nn.Module] = {}
     student = Student(config, splits, device)
+    method = get_method(config.method)
     previous: tuple[np.ndarray, np.ndarray] | None = None
     rows = []
     for round_number in range(1, config.rounds + 1):
@@ -71,23 +72,29 @@ def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
         torch.set_num_threads(config.client_threads)
         contributions = {}
         for node in cohort:
-            if node.index not in teachers:
+            fresh = node.index not in teachers
+            if fresh:
                 teachers[node.index] = new_teacher(config, splits, node.index)
             contribution, _ = run_local_round(
-                teachers[node.index], config, splits, clients[node.index], request, device
+                teachers[node.index], config, splits, clients[node.index], request, device, fresh
             )
             noise_std = dp_noise_share_std(config, len(query), len(cohort))
             contributions[node.node_id] = add_dp_noise_share(contribution, noise_std)
         weighted_sum, total_weight = (
             secure_sum(config, contributions, splits.num_classes, round_number, len(query))
             if config.secagg
-            else plain_sum(contributions)
+            else plain_sum(contributions, splits.num_classes, method.per_row_weights)
         )
         aggregate_seconds = time.perf_counter() - round_start
-        torch.set_num_threads(server_threads)
-        ensemble = ensemble_mean(weighted_sum, total_weight)  # (Q, K)
-        if config.era_temperature > 0:
-            ensemble = era_sharpen(ensemble, config.era_temperature)
+        torch.set_num_threads(config.server_threads)  # as the ServerApp does
+        combined = method.combine(weighted_sum, total_weight, config)
+        if not combined.kept.any():  # as the ServerApp: the round is skipped, loudly
+            failed = {"status": "failed: no ensemble row kept", "rows_kept": 0}
+            rows.append(
+                {"round": round_number, **failed, "seconds": time.perf_counter() - round_start}
+            )
+            continue
+        query, ensemble = query[combined.kept], combined.probs[combined.kept]  # (Q',), (Q', K)
         previous = (query, ensemble)
         distill_start = time.perf_counter()
         student.distill(round_number, splits.public_x[query], ensemble, splits.public_y[query])
@@ -99,6 +106,7 @@ def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
                 **student.evaluate(splits.test_x, splits.test_y),
                 "ensemble_public_accuracy": accuracy(ensemble, splits.public_y[query]),
                 "clients": len(cohort),
+                "rows_kept": int(combined.kept.sum()),
                 "aggregate_seconds": aggregate_seconds,
                 "distill_seconds": distill_seconds,
                 "seconds": time.perf_counter() - round_start,
@@ -115,10 +123,12 @@ def query_indices(config: RunConfig, n_public: int, round_number: int) -> np.nda
     return np.arange(n_public, dtype=np.int64)
 
 
-def plain_sum(contributions: dict[int, Contribution]) -> tuple[np.ndarray, float]:
-    """Σ w_i·P_i (float64, (Q, K)) and Σ w_i, in cohort order."""
-    weighted_sum = sum(c.weight * c.probs.astype(np.float64) for c in contributions.values())
-    return weighted_sum, float(sum(c.weight for c in contributions.values()))
+def plain_sum(
+    contributions: dict[int, Contribution], num_classes: int, per_row_weights: bool
+) -> tuple[np.ndarray, np.ndarray | float]:
+    """Σ w_i·P_i (float64, (Q, K)) and Σ w_i (per-row: (Q,) totals), in cohort order."""
+    total = sum(c.weighted_vector() for c in contributions.values())
+    return split_weighted_vector(total, num_classes, per_row_weights)
 
 
 def secure_sum(
@@ -129,6 +139,7 @@ def secure_sum(
     n_query: int,
 ) -> tuple[np.ndarray, float]:
     """The same sum through all four SecAgg+ stages, every party in this process."""
+    per_row = get_method(config.method).per_row_weights
     cohort = sorted(contributions)
     policy = client_policy(config)
     noise_std = dp_noise_share_std(config, n_query, len(cohort))
@@ -136,7 +147,11 @@ def secure_sum(
     params = policy.validate(len(cohort), bound)
     graph_seed = int(seeded_generator(config.seed, round_number, GRAPH_SEED_TAG).initial_seed())
     server = SecAggServer(
-        round_number, cohort, params, n_query * num_classes + 1, graph_seed=graph_seed
+        round_number,
+        cohort,
+        params,
+        summed_length(n_query, num_classes, per_row),
+        graph_seed=graph_seed,
     )
     parties = {node: SecAggClient(node, policy) for node in cohort}
     for stage in STAGES[:-1]:
@@ -148,4 +163,4 @@ def secure_sum(
                 vector = encode_contribution(contributions[node], party.round_params, bound)
             replies[node] = party.respond(stage, request, vector)
         server.receive(replies)
-    return decode_aggregate(server.result().total, params, num_classes)
+    return decode_aggregate(server.result().total, params, num_classes, per_row)

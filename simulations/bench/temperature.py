@@ -17,7 +17,7 @@ import torch
 
 from client.teacher import RoundInput, new_teacher, run_local_round
 from common.data import load_splits
-from common.kd import ensemble_mean, era_sharpen
+from common.kd import ensemble_mean
 from common.metrics import accuracy
 from common.training import predict_probs, resolve_device
 from server.student import Student
@@ -66,8 +66,6 @@ def run(bench: Bench) -> None:
                 for teacher, weight in zip(teachers, weights, strict=True)
             ).astype(np.float64)
             ensemble = ensemble_mean(weighted_sum, float(sum(weights)))  # (Q, K)
-            if at_t.era_temperature > 0:
-                ensemble = era_sharpen(ensemble, at_t.era_temperature)
             student = Student(at_t, splits, device)
             student.distill(1, splits.public_x, ensemble, splits.public_y)
             metrics = student.evaluate(splits.test_x, splits.test_y)
