@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,15 +81,23 @@ def _load_splits_cached(
     public_fraction: float,
     test_fraction: float,
 ) -> DatasetSplits:
+    # Each loader returns arrays that passed `check_samples`, or names the file and the problem.
     if dataset == "mnist1d":
+        source = str(_mnist1d_path(Path(data_dir), num_samples, seed))
         x, y = _mnist1d(Path(data_dir), num_samples, seed)
     elif dataset.startswith("npz:"):
-        x, y = load_npz(Path(dataset[4:]).expanduser())
+        source = str(Path(dataset[4:]).expanduser())
+        x, y = load_npz(Path(source))
     elif dataset.startswith("parquet:"):
-        x, y = load_flower_dataset(str(Path(dataset[8:]).expanduser()))
+        source = str(Path(dataset[8:]).expanduser())
+        x, y = load_flower_dataset(source)
     else:
-        x, y = load_flower_dataset(HUB_NAMES[dataset])
-    return split_pools(x, y, seed, public_fraction, test_fraction)
+        source = HUB_NAMES[dataset]
+        x, y = load_flower_dataset(source)
+    try:
+        return split_pools(x, y, seed, public_fraction, test_fraction)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def split_pools(
@@ -108,7 +117,13 @@ def split_pools(
     test, public, private = np.split(order, [n_test, n_test + n_public])
     classes = np.unique(y)
     if not np.array_equal(classes, np.arange(len(classes))):
-        raise ValueError(f"labels must be 0..K-1, got classes {classes.tolist()[:20]}")
+        missing = np.setdiff1d(np.arange(classes.max() + 1), classes)
+        raise ValueError(
+            f"labels must be 0..K-1, got classes {classes.tolist()[:20]}; every class needs a "
+            f"sample, and classes {missing.tolist()[:20]} have none"
+        )
+    for name, pool in (("public", public), ("test", test)):
+        _require_every_class(name, y[pool], len(classes))
     return DatasetSplits(
         private_x=x[private],
         private_y=y[private],
@@ -120,6 +135,46 @@ def split_pools(
     )
 
 
+def _require_every_class(pool: str, labels: np.ndarray, num_classes: int) -> None:
+    """Raise ValueError unless `labels` (one pool's) hold every class 0..K-1 at least once."""
+    missing = np.setdiff1d(np.arange(num_classes), labels)
+    if len(missing):
+        raise ValueError(
+            f"the {pool} split ({len(labels)} samples) has no sample of class(es) "
+            f"{missing.tolist()[:20]} of K={num_classes}; every class needs at least one public "
+            "and one test sample: add samples of those classes or raise "
+            "public_fraction / test_fraction"
+        )
+
+
+def check_samples(x: np.ndarray, y: np.ndarray, source: str) -> None:
+    """Raise ValueError naming `source`, the array and the first bad index unless x and y are a
+    usable dataset: x (N, ...) with N >= 1 and only finite values, y (N,) integer labels >= 0.
+
+    Whether every class 0..K-1 has a sample is a property of the whole dataset, checked by
+    `split_pools`; a node's own file may hold only some classes.
+    """
+    if x.ndim < 2 or x.shape[0] == 0 or 0 in x.shape[1:]:
+        raise ValueError(
+            f"{source}: x must be (N, ...) with N >= 1 samples and at least one feature axis, "
+            f"got shape {x.shape}"
+        )
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{source}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}")
+    not_finite = ~np.isfinite(x)
+    if not_finite.any():
+        first = np.unravel_index(np.argmax(not_finite), x.shape)
+        raise ValueError(
+            f"{source}: x{list(map(int, first))} is {x[first]}; every input must be finite "
+            f"({int(not_finite.sum())} value(s) are NaN or ±Inf)"
+        )
+    if (y < 0).any():
+        first = int(np.argmax(y < 0))
+        raise ValueError(f"{source}: y[{first}] is {y[first]}; labels must be integers 0..K-1")
+
+
 def public_hash(public_x: np.ndarray) -> str:
     """SHA-256 over dtype, shape and bytes of the public inputs: a stable content id."""
     contiguous = np.ascontiguousarray(public_x, dtype=np.float32)
@@ -129,9 +184,14 @@ def public_hash(public_x: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _mnist1d_path(data_dir: Path, num_samples: int, seed: int) -> Path:
+    """The cache file of one generated MNIST-1D dataset."""
+    return data_dir / f"mnist1d-n{num_samples}-seed{seed}.npz"
+
+
 def _mnist1d(data_dir: Path, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Generate MNIST-1D locally (no network) and cache it as npz."""
-    path = data_dir / f"mnist1d-n{num_samples}-seed{seed}.npz"
+    """Generate MNIST-1D locally (no network), cache it as npz, and load the checked cache."""
+    path = _mnist1d_path(data_dir, num_samples, seed)
     if not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset
 
@@ -146,22 +206,63 @@ def _mnist1d(data_dir: Path, num_samples: int, seed: int) -> tuple[np.ndarray, n
         buffer = io.BytesIO()
         np.savez(buffer, x=x, y=y)
         atomic_write_bytes(path, buffer.getvalue())  # concurrent generators cannot collide
-    with np.load(path) as arrays:
-        return arrays["x"], arrays["y"]
+    return load_npz(path)
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Bring-your-own data: an .npz with arrays `x` (N, ...) and integer labels `y` (N,)."""
+    """Bring-your-own data: an .npz with arrays `x` (N, ...) and integer labels `y` (N,).
+
+    Returns x as float32 and y as int64 after `check_samples`; raises ValueError naming the
+    file for a missing, unreadable or malformed file.
+    """
     if not path.exists():
         raise ValueError(f"npz dataset {str(path)!r} does not exist")
-    with np.load(path) as arrays:
+    x, y = read_npz_arrays(path)
+    check_samples(x, y, str(path))
+    return x, y.astype(np.int64)
+
+
+def read_npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays `x` (as float32) and `y` of an .npz archive, never unpickling anything.
+
+    Raises ValueError "not a valid .npz archive" naming the file when it is not a zip of .npy
+    arrays (or holds object arrays), and names the missing array when `x` or `y` is absent.
+    """
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(_not_npz(path, _reason(error))) from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise ValueError(_not_npz(path, "it is a single .npy array"))
+    with arrays:
         missing = {"x", "y"} - set(arrays.files)
         if missing:
             raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
-        x, y = arrays["x"].astype(np.float32), arrays["y"]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
-    return x, y.astype(np.int64)
+        try:
+            x, y = arrays["x"], arrays["y"]
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+            raise ValueError(_not_npz(path, _reason(error))) from None
+    for name, array in (("x", x), ("y", y)):
+        if not isinstance(array, np.ndarray):
+            raise ValueError(_not_npz(path, f"member {name!r} is not an .npy array"))
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ValueError(f"{path}: x must hold numbers, got dtype {x.dtype}")
+    with np.errstate(over="ignore"):  # values beyond float32 become ±inf, refused by name
+        return x.astype(np.float32), y
+
+
+def _not_npz(path: Path, why: str) -> str:
+    return f"{str(path)!r} is not a valid .npz archive ({why}); expected arrays x and y"
+
+
+def _reason(error: Exception) -> str:
+    """numpy's error in our words: its pickle hints would invite loading untrusted code."""
+    text = str(error)
+    if "Object arrays" in text:
+        return "an array holds Python objects; only plain numeric arrays are read"
+    if "pickled" in text:
+        return "neither a zip of .npy arrays nor an .npy file"
+    return f"{type(error).__name__}: {text}"
 
 
 def load_flower_dataset(name_or_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +287,9 @@ def load_flower_dataset(name_or_dir: str) -> tuple[np.ndarray, np.ndarray]:
         images = table.with_format("numpy")[:][image_column]
         xs.append(_images_to_nchw(np.asarray(images)))
         ys.append(np.asarray(table.with_format("numpy")[:]["label"], dtype=np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    check_samples(x, y, name_or_dir)
+    return x, y
 
 
 def _images_to_nchw(images: np.ndarray) -> np.ndarray:
