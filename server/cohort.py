@@ -8,6 +8,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from common.feasibility import cohort_size
 from common.logs import get_logger
 from common.protocol import MSG_DESCRIBE, NODE_RECORD, ROUND_RECORD
 
@@ -65,8 +66,6 @@ def sample_cohort(
 
     Returns the cohort in the registry's stable order; raises ValueError if too few nodes.
     """
-    if len(nodes) < min_clients:
-        raise ValueError(f"only {len(nodes)} nodes are connected; min_clients={min_clients}")
-    size = min(len(nodes), max(min_clients, int(np.ceil(fraction * len(nodes)))))
+    size = cohort_size(len(nodes), fraction, min_clients)
     chosen = np.random.default_rng([seed, round_number, 2]).choice(len(nodes), size, replace=False)
     return [nodes[i] for i in sorted(chosen)]

@@ -16,6 +16,33 @@ import pandas as pd
 from common.files import atomic_write_bytes
 
 TIMING_COLUMNS = ("seconds", "aggregate_seconds", "distill_seconds")
+FINAL_METRICS = ("student_accuracy", "student_nll", "student_ece")
+
+
+def summarise_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round counts of summary.json, from the metrics rows of a run.
+
+    Returns
+    -------
+    `rounds`, `rounds_completed`, `rounds_failed`, `failed_rounds` (one {round, reason} per
+    failed round, the reason being its `status` without the "failed: " prefix) and, when a
+    round completed, the last completed round's `student_accuracy`, `student_nll` and
+    `student_ece`.
+    """
+    done = [row for row in rows if row.get("status") == "ok"]
+    failed = [row for row in rows if row.get("status") != "ok"]
+    summary: dict[str, Any] = {
+        "rounds": len(rows),
+        "rounds_completed": len(done),
+        "rounds_failed": len(failed),
+        "failed_rounds": [
+            {"round": row["round"], "reason": str(row.get("status")).removeprefix("failed: ")}
+            for row in failed
+        ],
+    }
+    if done:
+        summary.update({key: done[-1][key] for key in FINAL_METRICS})
+    return summary
 
 
 class RunDirectory:

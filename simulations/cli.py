@@ -63,6 +63,7 @@ def resume_config(run_dir: Path) -> RunConfig:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from common.data import load_splits
+    from common.feasibility import check_feasible, describe_planned_aggregation
     from simulations.launcher import default_resources, simulate
 
     if args.resume:
@@ -73,21 +74,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.client_gpus is not None:
         resources = dataclasses.replace(resources, client_gpus=args.client_gpus)
     print(f"feddistill: preparing data ({config.dataset}) …", flush=True)
-    splits = load_splits(config)  # generate/cache once, before clients start
+    splits = load_splits(config)  # generate/cache and check once, before clients start
+    check_feasible(config, len(splits.public_x))  # refuse before any process starts
     print(
         f"feddistill: {config.num_clients} clients, {config.rounds} rounds, "
-        f"{len(splits.public_x)} public / {len(splits.test_x)} test samples → {config.out_dir}",
+        f"{len(splits.public_x)} public / {len(splits.test_x)} test samples, "
+        f"{describe_planned_aggregation(config, len(splits.public_x))} → {config.out_dir}",
         flush=True,
     )
     out_dir = simulate(config, resources)
-    summary = json.loads((out_dir / "summary.json").read_text())
-    print(
+    exit_code, lines = run_outcome(json.loads((out_dir / "summary.json").read_text()))
+    print("\n".join(lines), file=sys.stderr if exit_code else sys.stdout, flush=True)
+    return exit_code
+
+
+def run_outcome(summary: dict[str, Any]) -> tuple[int, list[str]]:
+    """Exit code and closing lines of `feddistill run` from a run's summary.json.
+
+    0 when a round completed (the last line then names the failed rounds, if any); 1 when no
+    round completed, with each failed round's reason. The last line always names the results.
+    """
+    out_dir, failed = summary["out_dir"], summary["rounds_failed"]
+    if not summary["rounds_completed"]:
+        reasons = [f"  round {f['round']}: {f['reason']}" for f in summary["failed_rounds"]]
+        return 1, [
+            "feddistill: no round completed; why each round failed:",
+            *reasons,
+            f"feddistill: error: 0 of {summary['rounds']} rounds completed; results: {out_dir}",
+        ]
+    done = (
         f"feddistill: done in {summary['wall_seconds']:.0f}s — student accuracy "
-        f"{summary.get('student_accuracy', float('nan')):.4f}, ECE "
-        f"{summary.get('student_ece', float('nan')):.4f}\nresults: {out_dir}",
-        flush=True,
+        f"{summary['student_accuracy']:.4f}, ECE {summary['student_ece']:.4f}"
     )
-    return 0
+    if failed:
+        note = f" ({failed} of {summary['rounds']} rounds failed: status column of metrics.csv)"
+        return 0, [done, f"results: {out_dir}{note}"]
+    return 0, [done, f"results: {out_dir}"]
 
 
 def build_parser() -> argparse.ArgumentParser:
