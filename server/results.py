@@ -15,7 +15,6 @@ import pandas as pd
 
 from common.files import atomic_write_bytes
 
-TIMING_COLUMNS = ("seconds", "aggregate_seconds", "distill_seconds")
 FINAL_METRICS = ("student_accuracy", "student_nll", "student_ece")
 
 
