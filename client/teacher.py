@@ -54,10 +54,11 @@ def train_on_private(
     config: RunConfig,
     generator: torch.Generator,
     device: torch.device,
+    proximal_mu: float = 0.0,
 ) -> float:
     """The clients' supervised recipe on private data: `local_epochs` of `local_optimizer` at
-    `local_lr`, batches of `local_batch_size` drawn from `generator`. Returns the last epoch's
-    mean cross-entropy."""
+    `local_lr`, batches of `local_batch_size` drawn from `generator` (plus FedProx's proximal
+    term when `proximal_mu` > 0). Returns the last epoch's mean cross-entropy."""
     return train_supervised(
         model,
         private.x,
@@ -68,6 +69,7 @@ def train_on_private(
         optimizer=config.local_optimizer,
         generator=generator,
         device=device,
+        proximal_mu=proximal_mu,
     )
 
 

@@ -102,6 +102,9 @@ class RunConfig:
     )
     allow_public_labels: bool = _doc(False, "allow the hard-label ablation term (needs labels)")
     hard_label_weight: float = _doc(0.0, "weight of CE on public hard labels (ablation only)")
+    proximal_mu: float = _doc(
+        0.0, "weight-averaging baseline app only: FedProx's proximal μ; 0 = FedAvg"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -187,6 +190,7 @@ class RunConfig:
             f"ensemble must be one of {ENSEMBLE_RULES}, got {self.ensemble!r}",
         )
         self._validate_method()
+        _require(self.proximal_mu >= 0, f"proximal_mu must be >= 0, got {self.proximal_mu}")
         _require(
             0 <= self.secagg_frac_bits <= 40,
             f"secagg_frac_bits must be in [0, 40], got {self.secagg_frac_bits}",

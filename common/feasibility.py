@@ -49,6 +49,15 @@ def secagg_params(config: RunConfig, cohort: int, num_query: int) -> SecAggParam
     return client_policy(config).validate(cohort, value_bound(config, noise_std))
 
 
+def check_query_size(config: RunConfig, num_public: int) -> None:
+    """Raise ValueError if `public_query_size` exceeds the `num_public` public samples."""
+    if config.public_query_size > num_public:
+        raise ValueError(
+            f"public_query_size={config.public_query_size} exceeds the {num_public} public "
+            f"samples; allowed: 0 (= all) to {num_public}"
+        )
+
+
 def check_feasible(config: RunConfig, num_public: int) -> None:
     """Raise ValueError if no round of this config could succeed in a simulation.
 
@@ -72,11 +81,7 @@ def check_feasible(config: RunConfig, num_public: int) -> None:
         f"the cohort of {cohort} that num_clients={n_clients}, fraction={config.fraction} "
         f"and min_clients={config.min_clients} imply"
     )
-    if config.public_query_size > num_public:
-        raise ValueError(
-            f"public_query_size={config.public_query_size} exceeds the {num_public} public "
-            f"samples; allowed: 0 (= all) to {num_public}"
-        )
+    check_query_size(config, num_public)
     if config.dp_noise_multiplier > 0 and config.dp_min_clients > cohort:
         raise ValueError(
             f"dp_min_clients={config.dp_min_clients} exceeds {implied}: the noise shares of "

@@ -46,10 +46,16 @@ def train_supervised(
     optimizer: str,
     generator: torch.Generator,
     device: torch.device,
+    proximal_mu: float = 0.0,
 ) -> float:
-    """Cross-entropy training on (N, ...) inputs and (N,) labels; returns the last epoch's loss."""
+    """Cross-entropy training on (N, ...) inputs and (N,) labels; returns the last epoch's loss.
+
+    `proximal_mu` > 0 adds FedProx's term μ/2 · ‖w − w₀‖² (Li et al., MLSys 2020), w₀ being the
+    weights the call started from (the global model a FedProx client received).
+    """
     model.to(device).train()
     opt = _make_optimizer(model, optimizer, lr)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     inputs = torch.as_tensor(x, device=device)
     targets = torch.as_tensor(y, device=device)
     epoch_loss = float("nan")
@@ -58,6 +64,10 @@ def train_supervised(
         for idx in _batches(len(inputs), batch_size, generator):
             idx = idx.to(device)
             loss = F.cross_entropy(model(inputs[idx]), targets[idx])
+            if anchor:
+                pairs = zip(model.parameters(), anchor, strict=True)
+                drift = sum(((p - p0) ** 2).sum() for p, p0 in pairs)
+                loss = loss + 0.5 * proximal_mu * drift
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -15,7 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits, public_hash
 from common.dp import epsilon
-from common.feasibility import aggregation_mode, describe_aggregation, describe_planned_aggregation
+from common.feasibility import (
+    aggregation_mode,
+    check_query_size,
+    describe_aggregation,
+    describe_planned_aggregation,
+)
 from common.logs import get_logger
 from common.methods import Ensemble, get_method
 from common.metrics import accuracy
@@ -56,6 +61,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
     results = RunDirectory(resolve_out_dir(config))
     results.write_config(config.to_dict())
     splits = load_splits(config)
+    check_query_size(config, len(splits.public_x))  # flwr run and deployments start here
     method = get_method(config.method)
     public_digest = public_hash(splits.public_x)
     device = resolve_device(config.device)
@@ -85,6 +91,9 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
                 grid, config, splits, registry, public_digest, round_number, previous
             )
             aggregate = aggregator.collect(grid, plan)
+            ensemble = method.combine(aggregate.weighted_sum, aggregate.total_weight, config)
+            if not ensemble.kept.any():
+                raise RoundFailed(f"the method kept no ensemble row ({_row_counts(ensemble)})")
         except (RoundFailed, ValueError) as error:
             log.error(
                 "round %d/%d skipped (%s): %s",
@@ -94,13 +103,6 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
                 error,
             )
             row.update(status=f"failed: {error}", seconds=time.perf_counter() - round_start)
-            _save_round(results, student, row, previous)
-            continue
-        ensemble = method.combine(aggregate.weighted_sum, aggregate.total_weight, config)
-        if not ensemble.kept.any():
-            log.error("round %d skipped: the method kept no ensemble row", round_number)
-            row.update(status="failed: no ensemble row kept", **_row_counts(ensemble))
-            row["seconds"] = time.perf_counter() - round_start
             _save_round(results, student, row, previous)
             continue
         query, probs = plan.query_indices[ensemble.kept], ensemble.probs[ensemble.kept]

@@ -116,6 +116,7 @@ def test_quality_reports_every_method(quality: Path) -> None:
         "FD fedmd one-shot (1 round)",
         "FD fedmd",
         "FedAvg (student)",
+        "FedProx (student)",
     }
     assert rows[["accuracy", "nll", "ece"]].notna().all().all()
     flower = rows[rows["method"].str.startswith(("FD", "FedAvg"))]

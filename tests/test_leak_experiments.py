@@ -211,3 +211,20 @@ def test_student_observer_smallest_setting(tmp_path):
     )
     assert set(results["score"]) == {"confidence", "lira"}
     assert 0 <= summary["student_accuracy"][0] <= 1
+
+
+def test_label_distribution_attacks_the_per_row_totals_of_an_abstaining_method(tmp_path):
+    results, _, _ = run_experiment(
+        tmp_path,
+        "label-distribution",
+        "seeds=0",
+        "alphas=0.5",
+        "num_clients=3",
+        "method=selective",
+    )
+    abstentions = results[results["estimator"] == "abstentions"]
+    assert set(abstentions["observation"]) == {
+        "own row weights (no secagg)",
+        "secure per-row totals",
+    }
+    assert abstentions["l1"].between(0, 2).all()

@@ -19,6 +19,7 @@ from common.secagg.encoding import encode
 from common.secure_codec import decode_aggregate
 from server.aggregation import validate_row_weights
 from simulations.bench.plain_loop import run_plain
+from simulations.leak.scores import abstention_class_histogram
 from tests.test_secagg_protocol import Deployment, plain_sum
 
 CONFIG = RunConfig()
@@ -300,3 +301,17 @@ def test_fedmd_public_warm_up_runs_only_with_public_labels(tiny):
 
     assert with_labels[0]["ensemble_public_accuracy"] != without[0]["ensemble_public_accuracy"]
     assert no_epochs[0]["ensemble_public_accuracy"] == without[0]["ensemble_public_accuracy"]
+
+
+# --- what per-row weights reveal -------------------------------------------------------------
+
+
+def test_abstentions_reveal_the_class_support():
+    labels = np.array([0, 0, 1, 1, 2, 2])  # the attacker's labels of six public rows
+    keeps_classes_0_and_2 = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+
+    estimate = abstention_class_histogram(keeps_classes_0_and_2, labels, num_classes=4)
+
+    np.testing.assert_allclose(estimate, [2 / 3, 0.0, 1 / 3, 0.0])
+    uniform = abstention_class_histogram(np.zeros(6), labels, num_classes=4)
+    np.testing.assert_allclose(uniform, [0.25] * 4)

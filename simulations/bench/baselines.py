@@ -188,7 +188,7 @@ def fedavg_in_process(
         for node in cohort:
             private = clients[node.index]
             model.load_state_dict({k: torch.from_numpy(v) for k, v in global_state.items()})
-            local_train(model, config, private, round_number, device)
+            local_train(model, config, private, round_number, device, config.proximal_mu)
             factor = len(private.y) / total
             for name, value in cpu_state(model).items():
                 scaled = value.numpy() * factor
@@ -216,21 +216,49 @@ def tuned_fedavg(
     -------
     {'local_lr', 'local_epochs', 'grid': [{'local_lr', 'local_epochs', 'val_accuracy'}, …]}
     """
-    lrs, epochs = bench.knobs["fedavg_lrs"], bench.knobs["fedavg_epochs"]
+    points = [
+        {"local_lr": lr, "local_epochs": epochs}
+        for lr, epochs in itertools.product(bench.knobs["fedavg_lrs"], bench.knobs["fedavg_epochs"])
+    ]
+    return _pick_on_public_labels(bench, config, splits, device, "fedavg", points)
+
+
+def tuned_fedprox(
+    bench: Bench,
+    config: RunConfig,
+    splits: DatasetSplits,
+    device: torch.device,
+) -> dict[str, Any]:
+    """FedProx's μ (knob `fedprox_mus`) picked the same way, at FedAvg's picked learning rate and
+    local epochs (pass them in `config`). Returns {'proximal_mu', 'grid': [...]}."""
+    points = [{"proximal_mu": mu} for mu in bench.knobs["fedprox_mus"]]
+    return _pick_on_public_labels(bench, config, splits, device, "fedprox", points)
+
+
+def _pick_on_public_labels(
+    bench: Bench,
+    config: RunConfig,
+    splits: DatasetSplits,
+    device: torch.device,
+    name: str,
+    points: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Run `fedavg_in_process` at every grid point (config changes); keep the one with the best
+    public-set accuracy after the last round (first of equals wins). Cached in `<out>/tuning/`."""
     key = config.replace(out_dir="").to_dict()
-    name = f"fedavg-a{config.dirichlet_alpha}-s{config.seed}-{_digest([key, lrs, epochs])}.json"
-    path = bench.root / "tuning" / name
+    digest = _digest([key, points])
+    path = bench.root / "tuning" / f"{name}-a{config.dirichlet_alpha}-s{config.seed}-{digest}.json"
     if path.exists():
         return json.loads(path.read_text())
     grid = []
-    for lr, local_epochs in itertools.product(lrs, epochs):
-        bench.step(f"  FedAvg grid point lr={lr} local_epochs={local_epochs} (validation)")
-        trial = config.replace(local_lr=lr, local_epochs=local_epochs)
-        curve = fedavg_in_process(trial, splits, splits.public_x, splits.public_y, device)
-        accuracy = curve[-1]["student_accuracy"]
-        grid.append({"local_lr": lr, "local_epochs": local_epochs, "val_accuracy": accuracy})
-    best = max(grid, key=lambda row: row["val_accuracy"])  # first of equals wins
-    chosen = {"local_lr": best["local_lr"], "local_epochs": best["local_epochs"], "grid": grid}
+    for point in points:
+        bench.step(f"  {name} grid point {point} (validation)")
+        curve = fedavg_in_process(
+            config.replace(**point), splits, splits.public_x, splits.public_y, device
+        )
+        grid.append({**point, "val_accuracy": curve[-1]["student_accuracy"]})
+    best = max(grid, key=lambda row: row["val_accuracy"])
+    chosen = {**{k: v for k, v in best.items() if k != "val_accuracy"}, "grid": grid}
     atomic_write_bytes(path, json.dumps(chosen, indent=2).encode())
     return chosen
 

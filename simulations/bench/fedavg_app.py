@@ -1,4 +1,5 @@
-"""FedAvg baseline: Flower's own `FedAvg` strategy (Message API) training the student architecture.
+"""Weight-averaging baselines: Flower's own `FedAvg` strategy (Message API) training the student
+architecture, or Flower's `FedProx` when `proximal_mu` > 0 (Li et al., MLSys 2020).
 
 It runs on the same simulated nodes, partitions and run config as federated distillation:
 each client trains the global student on its private partition for `local_epochs` at
@@ -19,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedProx
 
 from client.data_source import PrivateData, load_private_data
 from client.teacher import train_on_private
@@ -59,10 +60,12 @@ def local_train(
     private: PrivateData,
     round_number: int,
     device: torch.device,
+    proximal_mu: float = 0.0,
 ) -> float:
-    """One FedAvg client update: `local_epochs` of `local_optimizer` at `local_lr`; the loss."""
+    """One FedAvg (FedProx when `proximal_mu` > 0) client update: `local_epochs` of
+    `local_optimizer` at `local_lr` from the received model; the loss."""
     generator = seeded_generator(config.seed, round_number, private.index, FEDAVG_SEED_TAG)
-    return train_on_private(model, private, config, generator, device)
+    return train_on_private(model, private, config, generator, device, proximal_mu)
 
 
 def train_reply_content(model: torch.nn.Module, num_examples: int, loss: float) -> RecordDict:
@@ -103,7 +106,8 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(config.student_model, splits.input_shape, splits.num_classes)
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     round_number = int(msg.content["config"]["server-round"])
-    loss = local_train(model, config, private, round_number, device)
+    proximal_mu = float(msg.content["config"].get("proximal-mu", 0.0))  # set by Flower's FedProx
+    loss = local_train(model, config, private, round_number, device, proximal_mu)
     return Message(train_reply_content(model, len(private.y), loss), reply_to=msg)
 
 
@@ -167,12 +171,17 @@ def main(grid: Grid, context: Context) -> None:
         )
         return MetricRecord(metrics)
 
-    strategy = FedAvg(
-        fraction_train=config.fraction,
-        fraction_evaluate=0.0,
-        min_train_nodes=config.min_clients,
-        min_available_nodes=config.num_clients,
-        weighted_by_key=WEIGHT_KEY,
+    sampling = {
+        "fraction_train": config.fraction,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": config.min_clients,
+        "min_available_nodes": config.num_clients,
+        "weighted_by_key": WEIGHT_KEY,
+    }
+    strategy = (
+        FedProx(**sampling, proximal_mu=config.proximal_mu)
+        if config.proximal_mu > 0
+        else FedAvg(**sampling)
     )
     strategy.start(
         grid=counting,  # type: ignore[arg-type]  # duck-typed Grid

@@ -36,6 +36,7 @@ from simulations.bench.baselines import (
     local_only,
     oracle_teacher_student,
     tuned_fedavg,
+    tuned_fedprox,
 )
 from simulations.bench.plain_loop import run_plain
 from simulations.bench.runs import flower_run
@@ -45,6 +46,7 @@ VALUES = ("accuracy", "nll", "ece", "upload_mb_per_client", "wall_seconds")
 ENGINES = ("flower", "inprocess")
 FD_ONE_SHOT = "FD fedmd one-shot (1 round)"
 FEDAVG = "FedAvg (student)"
+FEDPROX = "FedProx (student)"
 CENTRAL_STUDENT = "centralised student"
 HARD_LABEL = "hard-label student (public labels)"
 LOCAL = "local-only teachers (client mean)"
@@ -96,20 +98,40 @@ def run(bench: Bench) -> None:
                 rows += _fd_rows(base, method, curve, wall)
                 curves += _curve(base, fd_label(method), curve)
 
-            if alpha not in tuning:
-                bench.step(f"{tag}: tuning FedAvg on the public set's labels")
-                tuning[alpha] = tuned_fedavg(bench, config, splits, device)
-            chosen = tuning[alpha]
-            fedavg_config = config.replace(
-                local_lr=chosen["local_lr"], local_epochs=chosen["local_epochs"]
-            )
-            bench.step(
-                f"{tag}: FedAvg lr={chosen['local_lr']} local_epochs={chosen['local_epochs']}"
-            )
-            curve, wall = federated(bench, fedavg_config, f"fedavg-a{alpha}-s{seed}", "fedavg")
-            rows.append(_run_row(base, FEDAVG, curve, wall))
-            curves += _curve(base, "FedAvg", curve)
+            if len(set(config.teacher_model_list)) > 1:
+                rows += [_not_applicable(base, name) for name in (FEDAVG, FEDPROX)]
+            else:
+                if alpha not in tuning:
+                    tuning[alpha] = _tune_weight_averaging(bench, tag, config, splits, device)
+                for name, changes in _weight_averaging_configs(tuning[alpha]).items():
+                    bench.step(f"{tag}: {name} {changes}")
+                    run_label = f"{name.split()[0].lower()}-a{alpha}-s{seed}"
+                    curve, wall = federated(bench, config.replace(**changes), run_label, "fedavg")
+                    rows.append(_run_row(base, name, curve, wall))
+                    curves += _curve(base, name.split()[0], curve)
             _write(bench, pd.DataFrame(rows), pd.DataFrame(curves), tuning)
+
+
+def _tune_weight_averaging(
+    bench: Bench, tag: str, config: RunConfig, splits: Any, device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """FedAvg's (lr, local epochs), then FedProx's μ at that pick, both on public labels."""
+    bench.step(f"{tag}: tuning FedAvg on the public set's labels")
+    fedavg = tuned_fedavg(bench, config, splits, device)
+    picked = config.replace(local_lr=fedavg["local_lr"], local_epochs=fedavg["local_epochs"])
+    bench.step(f"{tag}: tuning FedProx's μ on the public set's labels")
+    return {"fedavg": fedavg, "fedprox": tuned_fedprox(bench, picked, splits, device)}
+
+
+def _weight_averaging_configs(tuning: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Row name → the run-config changes of its tuned run."""
+    fedavg = {key: tuning["fedavg"][key] for key in ("local_lr", "local_epochs")}
+    return {FEDAVG: fedavg, FEDPROX: {**fedavg, "proximal_mu": tuning["fedprox"]["proximal_mu"]}}
+
+
+def _not_applicable(base: dict, method: str) -> dict[str, Any]:
+    """A weight-averaging row in a federation whose clients' models differ: it cannot run."""
+    return {**base, "method": method, "note": "n/a: clients' models differ"}
 
 
 def federated(bench: Bench, config: RunConfig, label: str, app: str) -> tuple[pd.DataFrame, float]:
@@ -262,6 +284,8 @@ def _table_row(entry: pd.Series, spread: pd.DataFrame, rows: pd.DataFrame) -> di
         "wall (s)": report.number(entry["wall_seconds_mean"], 1),
         "client spread (std; min–max)": "—",
     }
+    if "note" in same and same["note"].notna().any():
+        cell["test accuracy"] = str(same["note"].dropna().iloc[0])
     if entry["method"] == LOCAL and len(spread):
         cell["client spread (std; min–max)"] = (
             f"{spread['client_accuracy_std'].mean():.3f}; "
@@ -288,24 +312,26 @@ def _plot_rounds(bench: Bench, curves: pd.DataFrame, alpha: float) -> str:
     return f"![accuracy per round, α = {alpha}]({name})"
 
 
-def _tuning_section(tuning: dict[float, dict]) -> str:
-    table = [
-        {
-            "α": alpha,
-            "lr": point["local_lr"],
-            "local epochs": point["local_epochs"],
-            "validation accuracy": f"{point['val_accuracy']:.3f}",
-            "picked": "✓"
-            if (point["local_lr"], point["local_epochs"])
-            == (chosen["local_lr"], chosen["local_epochs"])
-            else "",
-        }
-        for alpha, chosen in tuning.items()
-        for point in chosen["grid"]
-    ]
-    columns = ("α", "lr", "local epochs", "validation accuracy", "picked")
-    return "## FedAvg grid (first seed, public-set labels)\n\n" + report.markdown_table(
-        table, columns
+def _tuning_section(tuning: dict[float, dict[str, dict]]) -> str:
+    """Every grid point of FedAvg's and FedProx's tuning, the pick marked."""
+    table = []
+    for alpha, by_baseline in tuning.items():
+        for baseline, chosen in by_baseline.items():
+            for point in chosen["grid"]:
+                setting = {k: v for k, v in point.items() if k != "val_accuracy"}
+                picked = all(chosen[k] == v for k, v in setting.items())
+                table.append(
+                    {
+                        "α": alpha,
+                        "baseline": baseline,
+                        "setting": ", ".join(f"{k}={v}" for k, v in setting.items()),
+                        "validation accuracy": f"{point['val_accuracy']:.3f}",
+                        "picked": "✓" if picked else "",
+                    }
+                )
+    columns = ("α", "baseline", "setting", "validation accuracy", "picked")
+    return "## FedAvg and FedProx grids (first seed, public-set labels)\n\n" + (
+        report.markdown_table(table, columns)
     )
 
 
@@ -353,6 +379,7 @@ SPEC = BenchSpec(
         "alphas": (0.1, 0.5, 100.0),
         "fedavg_lrs": (0.003, 0.01),
         "fedavg_epochs": (1, 2, 4),
+        "fedprox_mus": (0.001, 0.01, 0.1),
         "engine": "flower",
         "methods": METHOD_NAMES,
     },
@@ -369,6 +396,7 @@ SPEC = BenchSpec(
         "student_model": "cnn1d-s",
         "fedavg_lrs": (0.01,),
         "fedavg_epochs": (1, 2),
+        "fedprox_mus": (0.01,),
     },
     run=run,
 )

@@ -4,8 +4,11 @@ Without secure aggregation the server holds each client's soft labels on the pub
 it, only the decoded SecAgg+ sum of the cohort. Two estimators from `simulations.leak.scores`:
 the naive mean soft label, and the prior-shift calibrated estimate against a reference: a model
 the attacker trains on its own records (the test pool), or, without secure aggregation, the
-ensemble of all clients (uniform prior). Errors are L1 and KL(true ‖ estimate) against each
-client's true histogram, for several Dirichlet α.
+ensemble of all clients (uniform prior). With a method that abstains per public row (run config
+`method=selective` or `certainty`), the per-row weights are attacked too: one client's own
+weights without secure aggregation, the per-row totals (how many clients kept each row) with it,
+read as a class histogram through the attacker's labels of the public rows. Errors are L1 and
+KL(true ‖ estimate) against each client's true histogram, for several Dirichlet α.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.config import RunConfig
-from common.protocol import Contribution
+from common.methods.base import weighted_rows
 from simulations.leak.experiment import Experiment, setting
 from simulations.leak.report import Report, markdown_table, mean_std
 from simulations.leak.scores import (
+    abstention_class_histogram,
     calibrated_class_histogram,
     estimate_class_histogram,
     kl_divergence,
@@ -32,6 +36,7 @@ from simulations.leak.setup import (
     REFERENCE_INDEX,
     load_federation,
     test_records,
+    train_and_contribute,
     train_and_report,
 )
 
@@ -69,14 +74,15 @@ def _attack(config: RunConfig, report: Report) -> tuple[list[dict], dict[str, np
         query = query[: config.public_query_size]
     n = config.num_clients
     report.progress(f"seed {config.seed}, α={config.dirichlet_alpha}: training {n} clients")
-    reports = [
-        train_and_report(config, splits, federation.client_data(i), query)[1] for i in range(n)
+    contributions = [
+        train_and_contribute(config, splits, federation.client_data(i), query)[1] for i in range(n)
     ]
+    reports = [contribution.probs for contribution in contributions]
     reference_data = test_records(splits, np.arange(len(splits.test_y)), REFERENCE_INDEX)
     reference = train_and_report(config, splits, reference_data, query)[1]
     reference_prior = np.bincount(splits.test_y, minlength=splits.num_classes) / len(splits.test_y)
-    aggregate = secure_sum([Contribution(probs, 1.0) for probs in reports], config)
-    mean = aggregate.weighted_sum / aggregate.total_weight  # (Q, K) the ensemble teacher
+    aggregate = secure_sum(contributions, config)
+    mean = weighted_rows(aggregate.weighted_sum, aggregate.total_weight, floor=0.0)[0]  # (Q, K)
 
     def estimates(probs: np.ndarray, with_ensemble: bool) -> dict[str, np.ndarray]:
         found = {
@@ -104,6 +110,26 @@ def _attack(config: RunConfig, report: Report) -> tuple[list[dict], dict[str, np
             _errors("secure aggregate", e, target, [from_aggregate[e]] * len(truth), truth)
             for e in from_aggregate
         ]
+    if contributions[0].row_weights is not None:  # the method abstains per row: attack that too
+        labels = reference.argmax(axis=1)  # (Q,) the attacker's own labels of the public rows
+        own_rows = [
+            abstention_class_histogram(c.row_weights, labels, splits.num_classes)
+            for c in contributions
+        ]
+        from_totals = abstention_class_histogram(aggregate.total_weight, labels, splits.num_classes)
+        rows.append(
+            _errors("own row weights (no secagg)", "abstentions", "client", own_rows, truths)
+        )
+        for target, truth in (("client", truths), ("cohort mean", [cohort_mean])):
+            rows.append(
+                _errors(
+                    "secure per-row totals",
+                    "abstentions",
+                    target,
+                    [from_totals] * len(truth),
+                    truth,
+                )
+            )
     uniform = np.full(splits.num_classes, 1.0 / splits.num_classes)
     rows.append(_errors("none (uniform guess)", "uniform", "client", [uniform] * n, truths))
     example = {

@@ -125,6 +125,37 @@ def lira_online_score(
     return log_in - log_out
 
 
+def abstention_class_histogram(
+    row_weights: np.ndarray, public_labels: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Class-histogram estimate from per-row weights (Selective-FD's abstentions, or their
+    secure per-row totals): the share of public rows of each class that were kept, normalised.
+
+    Parameters
+    ----------
+    row_weights : (Q,) one client's weights in [0, 1], or the secure totals Σ_i r_ij (any
+        positive scale: the estimate is normalised).
+    public_labels : (Q,) the attacker's labels of the public rows (its own model's argmax;
+        the public inputs are known to the server).
+    num_classes : K.
+
+    Returns
+    -------
+    (K,) float64 distribution (uniform when nothing was kept). A client that keeps the rows of
+    the classes it holds reveals its class support, though not the counts within it.
+    """
+    weights = np.asarray(row_weights, dtype=np.float64)
+    kept = np.array(
+        [
+            weights[public_labels == k].mean() if np.any(public_labels == k) else 0.0
+            for k in range(num_classes)
+        ]
+    )  # (K,)
+    kept = np.clip(kept, 0.0, None)
+    total = kept.sum()
+    return kept / total if total > 0 else np.full(num_classes, 1.0 / num_classes)
+
+
 def estimate_class_histogram(probs: np.ndarray) -> np.ndarray:
     """Naive label-distribution estimate: a client's mean soft label over the public set.
 

@@ -18,7 +18,7 @@ import numpy as np
 from client.privacy import add_dp_noise_share
 from client.secagg import SecAggClient
 from common.config import RunConfig
-from common.protocol import Contribution
+from common.protocol import Contribution, split_weighted_vector, summed_length
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -36,7 +36,8 @@ class SecureSum:
     Attributes
     ----------
     weighted_sum : (Q, K) float64, the decoded Σ_i w_i·P_i (DP noise included) — the server's view.
-    total_weight : Σ_i w_i as decoded.
+    total_weight : Σ_i w_i as decoded; with per-row weights the (Q,) totals Σ_i w_i·r_ij, which
+        tell the server how many clients kept each public row.
     clean_sum : (Q, K) float64, Σ_i w_i·P_i without noise or quantisation (ground truth only).
     noise_std : per-client std of the DP noise share on each entry (0 when DP is off).
     quantisation_bound : n·2^-(f+1), the largest |decoded − noised float sum| fixed point allows.
@@ -44,7 +45,7 @@ class SecureSum:
     """
 
     weighted_sum: np.ndarray
-    total_weight: float
+    total_weight: float | np.ndarray
     clean_sum: np.ndarray
     noise_std: float
     quantisation_bound: float
@@ -56,7 +57,8 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
 
     Parameters
     ----------
-    contributions : one per cohort member, each `probs` (Q, K) with the same shape.
+    contributions : one per cohort member, each `probs` (Q, K) with the same shape; all with
+        per-row weights (a method such as selective) or none.
     config : run config: `secagg_*` settings, `ensemble`, and the `dp_*` keys that size each
         client's noise share exactly as `client.secagg_handlers.start_secure_round` does.
 
@@ -83,7 +85,8 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
         node: encode_contribution(noised[node], params, value_bound(config, noise_std))
         for node in nodes
     }
-    length = n_query * n_classes + 1
+    per_row = contributions[0].row_weights is not None
+    length = summed_length(n_query, n_classes, per_row)
     server = SecAggServer(1, nodes, params, length, graph_seed=secrets.randbits(63))
     clients = {node: SecAggClient(node, client_policy(config)) for node in nodes}
     while server.stage != "done":
@@ -94,8 +97,8 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
                 for node, request in server.requests().items()
             }
         )
-    weighted_sum, total_weight = decode_aggregate(server.result().total, params, n_classes)
-    noised_float = sum(c.weighted_vector() for c in noised.values())  # (Q·K + 1,)
+    weighted_sum, total_weight = decode_aggregate(server.result().total, params, n_classes, per_row)
+    noised_float = sum(c.weighted_vector() for c in noised.values())  # (length,)
     decoded = np.append(weighted_sum.ravel(), total_weight)
     error = float(np.max(np.abs(decoded - noised_float)))
     bound = n_clients * 2.0 ** -(params.frac_bits + 1)
@@ -103,7 +106,8 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
         raise ValueError(
             f"secure sum differs from the plain sum by {error:.3g} > quantisation bound {bound:.3g}"
         )
-    clean = sum(c.weighted_vector() for c in contributions)[:-1].reshape(n_query, n_classes)
+    clean_vector = sum(c.weighted_vector() for c in contributions)
+    clean = split_weighted_vector(clean_vector, n_classes, per_row)[0]
     return SecureSum(weighted_sum, total_weight, clean, noise_std, bound, error)
 
 

@@ -19,6 +19,7 @@ from client.data_source import PrivateData
 from client.teacher import RoundInput, new_teacher, run_local_round
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits, partition_indices
+from common.protocol import Contribution
 from common.training import resolve_device
 
 # The attacker's models get seed indices far from real client indices, so no two models share
@@ -121,6 +122,22 @@ def train_and_report(
     teacher: torch.nn.Module | None = None,
     digest: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.nn.Module, np.ndarray]:
+    """`train_and_contribute`, keeping only the soft labels: (teacher, (Q, K) float32 probs)."""
+    model, contribution = train_and_contribute(
+        config, splits, data, query_indices, round_number, teacher, digest
+    )
+    return model, contribution.probs
+
+
+def train_and_contribute(
+    config: RunConfig,
+    splits: DatasetSplits,
+    data: PrivateData,
+    query_indices: np.ndarray,
+    round_number: int = 1,
+    teacher: torch.nn.Module | None = None,
+    digest: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[torch.nn.Module, Contribution]:
     """One client round with the real client code: train on `data`, report soft labels.
 
     Parameters
@@ -135,8 +152,10 @@ def train_and_report(
 
     Returns
     -------
-    (teacher, probs): the trained teacher and its (Q, K) float32 soft labels at temperature T.
+    (teacher, contribution): the trained teacher and what it reports for the config's method:
+    (Q, K) float32 soft labels at the method's temperature, and per-row weights if it has them.
     """
+    fresh = teacher is None
     model = teacher if teacher is not None else new_teacher(config, splits, data.index)
     request = RoundInput(
         round=round_number,
@@ -145,9 +164,9 @@ def train_and_report(
         digest_probs=None if digest is None else digest[1].astype(np.float32),
     )
     contribution, _ = run_local_round(
-        model, config, splits, data, request, resolve_device(config.device)
+        model, config, splits, data, request, resolve_device(config.device), fresh
     )
-    return model, contribution.probs
+    return model, contribution
 
 
 def plant(splits: DatasetSplits, canary_indices: np.ndarray) -> tuple[DatasetSplits, np.ndarray]:
