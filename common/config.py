@@ -47,6 +47,9 @@ class RunConfig:
     public_fraction: float = _doc(0.2, "share of the non-test pool used as public inputs")
     test_fraction: float = _doc(0.2, "share of the whole dataset held out for testing")
     public_query_size: int = _doc(0, "public samples queried per round; 0 = the whole public set")
+    public_shift: float = _doc(
+        0.0, "mnist1d: public inputs drawn with noise and shear ×(1 + shift); 0 = same distribution"
+    )
     num_clients: int = _doc(10, "number of data partitions (= SuperNodes in simulation)")
     partitioner: str = _doc("dirichlet", "iid | dirichlet | pathological")
     dirichlet_alpha: float = _doc(0.5, "Dirichlet concentration (smaller = more skewed)")
@@ -155,6 +158,14 @@ class RunConfig:
         _require(
             self.public_query_size >= 0,
             f"public_query_size must be >= 0 (0 = all), got {self.public_query_size}",
+        )
+        _require(
+            self.public_shift >= 0, f"public_shift must be >= 0 (0 = off), got {self.public_shift}"
+        )
+        _require(
+            self.public_shift == 0 or self.dataset == "mnist1d",
+            f"public_shift={self.public_shift} needs dataset=mnist1d (it regenerates the public "
+            f"inputs), got dataset={self.dataset!r}",
         )
         _require(self.num_clients >= 2, f"num_clients must be >= 2, got {self.num_clients}")
         _require(

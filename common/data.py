@@ -7,6 +7,7 @@ sample axis: (N, L) for MNIST-1D signals, (N, F) for flat features, (N, C, H, W)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -69,6 +70,7 @@ def load_splits(config: RunConfig) -> DatasetSplits:
         config.seed,
         config.public_fraction,
         config.test_fraction,
+        config.public_shift,
     )
 
 
@@ -80,6 +82,7 @@ def _load_splits_cached(
     seed: int,
     public_fraction: float,
     test_fraction: float,
+    public_shift: float = 0.0,
 ) -> DatasetSplits:
     # Each loader returns arrays that passed `check_samples`, or names the file and the problem.
     if dataset == "mnist1d":
@@ -95,9 +98,18 @@ def _load_splits_cached(
         source = HUB_NAMES[dataset]
         x, y = load_flower_dataset(source)
     try:
-        return split_pools(x, y, seed, public_fraction, test_fraction)
+        splits = split_pools(x, y, seed, public_fraction, test_fraction)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
+    if public_shift > 0:  # config validation allows it for mnist1d only
+        shifted = split_pools(
+            *_mnist1d(Path(data_dir), num_samples, seed, public_shift),
+            seed,
+            public_fraction,
+            test_fraction,
+        )
+        splits = dataclasses.replace(splits, public_x=shifted.public_x, public_y=shifted.public_y)
+    return splits
 
 
 def split_pools(
@@ -184,22 +196,35 @@ def public_hash(public_x: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _mnist1d_path(data_dir: Path, num_samples: int, seed: int) -> Path:
+def _mnist1d_path(data_dir: Path, num_samples: int, seed: int, shift: float = 0.0) -> Path:
     """The cache file of one generated MNIST-1D dataset."""
-    return data_dir / f"mnist1d-n{num_samples}-seed{seed}.npz"
+    suffix = f"-shift{shift:g}" if shift > 0 else ""
+    return data_dir / f"mnist1d-n{num_samples}-seed{seed}{suffix}.npz"
 
 
-def _mnist1d(data_dir: Path, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Generate MNIST-1D locally (no network), cache it as npz, and load the checked cache."""
-    path = _mnist1d_path(data_dir, num_samples, seed)
+SHIFTED_ARGS = ("corr_noise_scale", "iid_noise_scale", "shear_scale")
+SHIFT_SEED_OFFSET = 7919  # shifted samples are new draws, not noisier copies of the originals
+
+
+def _mnist1d(
+    data_dir: Path, num_samples: int, seed: int, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate MNIST-1D locally (no network), cache it as npz, and load the checked cache.
+
+    `shift` > 0 draws from another distribution: the generator's correlated and i.i.d. noise
+    scales and its shear scale are multiplied by (1 + shift) (the `public_shift` setting).
+    """
+    path = _mnist1d_path(data_dir, num_samples, seed, shift)
     if not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset
 
-        log.info("generating MNIST-1D (%d samples) into %s", num_samples, path)
+        log.info("generating MNIST-1D (%d samples, shift %g) into %s", num_samples, shift, path)
         args = get_dataset_args()
         args.num_samples = num_samples
         args.train_split = 1.0 - 1.0 / num_samples  # we do our own split; keep one in 'test'
-        args.seed = seed
+        args.seed = seed + SHIFT_SEED_OFFSET if shift > 0 else seed
+        for name in SHIFTED_ARGS:
+            setattr(args, name, getattr(args, name) * (1.0 + shift))
         raw = make_dataset(args)
         x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)
         y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)

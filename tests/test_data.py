@@ -268,6 +268,37 @@ def test_mnist1d_is_generated_cached_and_split(tmp_path):
         assert sorted(set(cached["y"].tolist())) == list(range(10))
 
 
+def test_public_shift_redraws_only_the_public_inputs_from_a_noisier_generator(tmp_path):
+    config = RunConfig.from_mapping({"num_samples": 600, "data_dir": str(tmp_path)})
+    plain = load_splits(config)
+
+    shifted = load_splits(config.replace(public_shift=1.0))
+
+    assert (tmp_path / "mnist1d-n600-seed0-shift1.npz").exists()
+    np.testing.assert_array_equal(shifted.private_x, plain.private_x)
+    np.testing.assert_array_equal(shifted.test_x, plain.test_x)
+    assert shifted.public_x.shape == plain.public_x.shape
+    assert not np.allclose(shifted.public_x, plain.public_x)
+    assert set(shifted.public_y.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"public_shift": -0.5}, "public_shift must be >= 0 (0 = off), got -0.5"),
+        (
+            {"public_shift": 1.0, "dataset": "mnist"},
+            "public_shift=1.0 needs dataset=mnist1d (it regenerates the public inputs), "
+            "got dataset='mnist'",
+        ),
+    ],
+)
+def test_public_shift_is_refused_where_it_cannot_apply(values, message):
+    with pytest.raises(ValueError) as error:
+        RunConfig.from_mapping(values)
+    assert str(error.value) == message
+
+
 # --- Flower Datasets (local parquet) ---------------------------------------------------------
 
 
