@@ -58,6 +58,24 @@ def client_data(config: RunConfig, splits: DatasetSplits) -> list[PrivateData]:
     ]
 
 
+def train_on_pooled(
+    model: torch.nn.Module, config: RunConfig, splits: DatasetSplits, device: torch.device
+) -> None:
+    """The clients' supervised recipe on the pooled private data for `local_epochs × rounds`
+    epochs (what a client spends over a run), batches seeded apart from every client's."""
+    train_supervised(
+        model,
+        splits.private_x,
+        splits.private_y,
+        epochs=config.local_epochs * config.rounds,
+        lr=config.local_lr,
+        batch_size=config.local_batch_size,
+        optimizer=config.local_optimizer,
+        generator=seeded_generator(config.seed, CENTRAL_SEED_TAG),
+        device=device,
+    )
+
+
 def centralised(
     config: RunConfig, splits: DatasetSplits, model_name: str, device: torch.device
 ) -> dict[str, float]:
@@ -70,17 +88,7 @@ def centralised(
         model = initial_student(config, splits)
     else:
         model = seeded_model(model_name, splits, config.seed, CENTRAL_SEED_TAG)
-    train_supervised(
-        model,
-        splits.private_x,
-        splits.private_y,
-        epochs=config.local_epochs * config.rounds,
-        lr=config.local_lr,
-        batch_size=config.local_batch_size,
-        optimizer=config.local_optimizer,
-        generator=seeded_generator(config.seed, CENTRAL_SEED_TAG),
-        device=device,
-    )
+    train_on_pooled(model, config, splits, device)
     metrics = evaluate_model(model, splits.test_x, splits.test_y, device)
     return {**metrics, "seconds": time.perf_counter() - start}
 
@@ -95,17 +103,7 @@ def oracle_teacher_student(
     seconds."""
     start = time.perf_counter()
     teacher = seeded_model(config.teacher_model_list[0], splits, config.seed, CENTRAL_SEED_TAG)
-    train_supervised(
-        teacher,
-        splits.private_x,
-        splits.private_y,
-        epochs=config.local_epochs * config.rounds,
-        lr=config.local_lr,
-        batch_size=config.local_batch_size,
-        optimizer=config.local_optimizer,
-        generator=seeded_generator(config.seed, CENTRAL_SEED_TAG),
-        device=device,
-    )
+    train_on_pooled(teacher, config, splits, device)
     temperature = get_method(config.method).temperature(config)
     probs = predict_probs(teacher, splits.public_x, temperature, device)  # (P, K)
     student = Student(config, splits, device)
