@@ -8,7 +8,8 @@ Stages and payloads (request -> reply); every request after the first repeats ``
 2. share-keys: ``ids``, ``c_pks``, ``s_pks`` of the neighbours alive after stage 1 -> ``ids``,
    ``blobs``: AEAD ciphertexts carrying the neighbour's Shamir shares of b and of s_sk.
 3. masked-input: ``ids``, ``blobs`` addressed to this node by neighbours alive after stage 2,
-   plus the encoded input vector x given by the caller -> ``masked`` (uint64, shape (L,)).
+   plus the encoded input vector x given by the caller -> ``masked`` (y mod 2^m packed at m
+   bits per value, uint8).
 4. unmask: ``survivors``, ``dropped`` (neighbour ids) -> ``b_ids``, ``b_shares`` (b-shares of
    the survivors and of this node itself) and ``sk_ids``, ``sk_shares`` (s_sk-shares of the
    dropped), shares as 66-byte field elements.
@@ -41,6 +42,7 @@ from common.secagg.crypto import (
     mask_keys,
 )
 from common.secagg.graph import neighbours_of, share_points
+from common.secagg.packing import pack_words
 from common.secagg.prg import expand
 from common.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split
 
@@ -307,7 +309,8 @@ class SecAggClient:
         Returns
         -------
         dict
-            ``masked``: y, shape (L,), dtype uint64, values in [0, 2^m).
+            ``masked``: y packed at m bits per value (``common.secagg.packing``), shape
+            (⌈L·m/8⌉,), dtype uint8.
 
         Raises
         ------
@@ -329,7 +332,7 @@ class SecAggClient:
         state.self_mask_seed = b""
         state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = [], [], []
         state.stage += 1
-        return {"masked": masked}
+        return {"masked": pack_words(masked, modulus_bits)}
 
     def unmask(self, request: Mapping[str, object]) -> Payload:
         """Stage 4: release b-shares of survivors and s_sk-shares of dropped neighbours, once.

@@ -27,6 +27,7 @@ from common.secagg.crypto import (
     public_key,
 )
 from common.secagg.graph import neighbour_graph, share_points
+from common.secagg.packing import unpack_words
 from common.secagg.prg import expand
 from common.secagg.shamir import SHARE_BYTES, combine, share_from_bytes
 
@@ -323,18 +324,11 @@ class SecAggServer:
         }
 
     def _parse_masked_input(self, node: int, reply: Mapping[str, object]) -> np.ndarray:
+        """The (L,) uint64 masked input, unpacked from its m-bit words."""
         masked = reply.get("masked")
-        if (
-            not isinstance(masked, np.ndarray)
-            or masked.dtype != np.uint64
-            or masked.shape != (self._length,)
-        ):
-            raise ValueError(f"'masked' must be a uint64 array of shape ({self._length},)")
-        if self._params.modulus_bits < 64 and np.any(
-            masked >> np.uint64(self._params.modulus_bits)
-        ):
-            raise ValueError(f"'masked' has values >= 2^{self._params.modulus_bits}")
-        return masked
+        if not isinstance(masked, np.ndarray):
+            raise ValueError("'masked' must be an array of packed words")
+        return unpack_words(masked, self._length, self._params.modulus_bits)
 
     def _accept_masked_input(self, masked_inputs: dict[int, np.ndarray]) -> list[int]:
         for masked in masked_inputs.values():
