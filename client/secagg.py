@@ -326,6 +326,12 @@ class SecAggClient:
         unknown = sorted(set(ids) - set(state.peer_ids))
         if unknown:
             raise SecAggRefusal(f"ciphertexts from nodes whose keys this node never got: {unknown}")
+        threshold = self.round_params.threshold
+        if len(ids) + 1 < threshold:  # |U2| >= t: fewer holders would expose the self mask
+            raise SecAggRefusal(
+                f"only {len(ids)} neighbours alive after share-keys: with this node that is "
+                f"fewer than the threshold t={threshold}, so its input would be unprotected"
+            )
         b_shares, sk_shares = self._decrypt_shares(ids, blobs)
         masked = self._mask(vector, ids, modulus_bits)
         state.held_ids, state.held_b_shares, state.held_sk_shares = ids, b_shares, sk_shares
@@ -360,6 +366,17 @@ class SecAggClient:
         if unknown:
             raise SecAggRefusal(
                 f"no shares held for nodes {unknown} (not neighbours alive at stage 2)"
+            )
+        unlisted = sorted(set(state.held_ids) - set(survivors + dropped))
+        if unlisted:  # survivors and dropped must partition the neighbours holding shares
+            raise SecAggRefusal(
+                f"neighbours {unlisted} are listed neither as survivors nor dropped"
+            )
+        threshold = self.round_params.threshold
+        if len(survivors) + 1 < threshold:  # |U3| >= t
+            raise SecAggRefusal(
+                f"only {len(survivors)} surviving neighbours: with this node that is fewer than "
+                f"the threshold t={threshold}; releasing shares could expose a survivor's input"
             )
         b_shares = dict(zip(state.held_ids, state.held_b_shares, strict=True))
         sk_shares = dict(zip(state.held_ids, state.held_sk_shares, strict=True))

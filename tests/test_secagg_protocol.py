@@ -331,6 +331,37 @@ def test_client_refuses_ciphertexts_with_wrong_associated_data() -> None:
     refusal(deployment, node, {**requests[node], "round": ROUND + 1}, "request for round 12")
 
 
+def test_client_refuses_masked_input_with_fewer_than_t_share_holders() -> None:
+    # A server that lists no (or too few) live neighbours would get an input with no pairwise
+    # masks, whose self mask the neighbours' ordinary unmask replies then give away.
+    deployment = Deployment(10)
+    deployment.run_to("masked-input")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    t = deployment.params.threshold
+    few = t - 2  # with the node itself: t - 1 holders
+
+    refusal(deployment, node, {**request, "ids": [], "blobs": []}, f"threshold t={t}")
+    short = {**request, "ids": request["ids"][:few], "blobs": request["blobs"][:few]}
+    refusal(deployment, node, short, "only 4 neighbours alive after share-keys")
+
+
+def test_client_refuses_unmask_lists_that_skip_neighbours_or_leave_fewer_than_t() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("unmask")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    neighbours = request["survivors"]
+    t = deployment.params.threshold
+
+    # "u survived, every other neighbour dropped": b_u from this node, s_u from others.
+    lone = {**request, "survivors": neighbours[:1], "dropped": neighbours[1:]}
+    refusal(deployment, node, lone, f"only 1 surviving neighbours.*threshold t={t}")
+    skipped = {**request, "survivors": neighbours[1:], "dropped": []}
+    refusal(deployment, node, skipped, rf"neighbours \[{neighbours[0]}\] are listed neither")
+    assert deployment.ask(node, request)["b_ids"] == [*neighbours, node]  # honest: answered
+
+
 def test_client_refuses_unmask_requests_that_could_reveal_both_secrets() -> None:
     deployment = Deployment(10)
     deployment.run_to("unmask")
