@@ -34,6 +34,7 @@ from common.secure_codec import (
     value_bound,
 )
 from common.training import resolve_device, seeded_generator
+from server.app import ensemble_calibration
 from server.cohort import NodeInfo, sample_cohort
 from server.secagg import SecAggServer
 from server.student import Student
@@ -48,6 +49,14 @@ def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
     Rows carry the simulation's column names: `seconds` spans the same work as the ServerApp's
     round time (sampling through evaluation), `aggregate_seconds` the clients plus the sum.
     """
+    caller_threads = torch.get_num_threads()
+    try:
+        return _rounds(config, splits)
+    finally:  # the rounds switch between client and server thread counts; the caller keeps its
+        torch.set_num_threads(caller_threads)
+
+
+def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
     device = resolve_device(config.device)
     clients = client_data(config, splits)
     nodes = [NodeInfo(node_id=p.index + 1, index=p.index, label=p.label) for p in clients]
@@ -105,6 +114,7 @@ def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
                 "status": "ok",
                 **student.evaluate(splits.test_x, splits.test_y),
                 "ensemble_public_accuracy": accuracy(ensemble, splits.public_y[query]),
+                **ensemble_calibration(ensemble, splits.public_y[query], config),
                 "clients": len(cohort),
                 "rows_kept": int(combined.kept.sum()),
                 "aggregate_seconds": aggregate_seconds,
