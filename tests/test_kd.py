@@ -1,4 +1,5 @@
-"""Tests for common.kd: the distillation loss, soft labels and the ensemble rules."""
+"""Tests for common.kd: the distillation losses (KD, CE, hints, RKD), soft labels and the
+ensemble rules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from common.kd import ensemble_mean, era_sharpen, kd_loss, soft_labels
+from common.config import STUDENT_LOSSES as CONFIG_STUDENT_LOSSES
+from common.kd import (
+    RKD_ANGLE_WEIGHT,
+    RKD_DISTANCE_WEIGHT,
+    STUDENT_LOSSES,
+    at_unit_temperature,
+    ensemble_mean,
+    era_sharpen,
+    hint_adapter,
+    hint_loss,
+    kd_loss,
+    kd_rkd_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    soft_labels,
+    soft_target_cross_entropy,
+)
 
 # --- kd_loss ---------------------------------------------------------------------------------
 
@@ -197,3 +214,224 @@ def test_era_sharpen_does_not_modify_its_input():
 def test_era_sharpen_rejects_non_positive_temperature(era_temperature):
     with pytest.raises(ValueError, match=rf"era_temperature must be > 0, got {era_temperature}"):
         era_sharpen(np.full((1, 2), 0.5), era_temperature)
+
+
+# --- the T² factor ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 8.0])
+def test_t2_factor_keeps_the_gradient_of_a_softening_teacher_on_one_scale(temperature):
+    # Prepare: teacher logits (ln 3, 0), student logits (0, 0) → p_s = (½, ½) at every T and
+    # p_t = softmax(ln 3 / T, 0). Then ∂(T²·KL)/∂z_0 = T·(½ − p_t0) = −(T/2)·tanh(ln 3 / (2T)):
+    #   T=1: −½·(3 − 1)/(3 + 1) = −0.25;  T=2: −(2 − √3) = −0.2679492;
+    #   T=4: −0.2729395;  T=8: −0.2742223;  → −ln 3 / 4 = −0.2746531 as T → ∞.
+    # Without T² the same is divided by T²: from −0.25 at T=1 to −0.0042847 at T=8.
+    expected = {1.0: -0.25, 2.0: -0.2679492, 4.0: -0.2729395, 8.0: -0.2742223}[temperature]
+    logits = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    teacher = soft_labels(torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64), temperature)
+
+    # Execute
+    (with_t2,) = torch.autograd.grad(kd_loss(logits, teacher, temperature), logits)
+    (without,) = torch.autograd.grad(kd_loss(logits, teacher, temperature) / temperature**2, logits)
+
+    # Assert
+    torch.testing.assert_close(
+        with_t2, torch.tensor([[expected, -expected]], dtype=torch.float64), rtol=0, atol=1e-7
+    )
+    torch.testing.assert_close(without, with_t2 / temperature**2, rtol=1e-15, atol=0)
+    assert -math.log(3) / 4 <= with_t2[0, 0].item() <= -0.25
+
+
+# --- soft_target_cross_entropy ---------------------------------------------------------------
+
+
+def test_cross_entropy_and_kl_to_soft_targets_differ_by_t2_entropy_with_equal_gradients():
+    # Prepare: T = 2, z = (0, 0) → p_s = (½, ½); p_t = (¾, ¼).
+    #   T²·CE = 4·(−¾·ln ½ − ¼·ln ½) = 4·ln 2 = 2.7725887
+    #   T²·KL = 4·(¾·ln(3/2) + ¼·ln(½)) = 0.5232481
+    #   T²·H(p_t) = 4·(¾·ln(4/3) + ¼·ln 4) = 2.2493406 = T²·CE − T²·KL
+    #   both gradients: T·(p_s − p_t)/B = 2·(−¼, ¼) = (−0.5, 0.5)
+    logits = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    teacher = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
+
+    # Execute
+    cross_entropy = soft_target_cross_entropy(logits, teacher, temperature=2.0)
+    kl = kd_loss(logits, teacher, temperature=2.0)
+    (ce_grad,) = torch.autograd.grad(cross_entropy, logits)
+    (kl_grad,) = torch.autograd.grad(kl, logits)
+
+    # Assert
+    assert cross_entropy.item() == pytest.approx(2.7725887, abs=1e-7)
+    assert kl.item() == pytest.approx(0.5232481, abs=1e-7)
+    assert (cross_entropy - kl).item() == pytest.approx(2.2493406, abs=1e-7)
+    expected = torch.tensor([[-0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(ce_grad, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(kl_grad, expected, rtol=0, atol=1e-15)
+
+
+def test_cross_entropy_and_kl_gradients_are_identical_for_random_batches():
+    generator = torch.Generator().manual_seed(5)
+    logits = (torch.randn(6, 5, generator=generator, dtype=torch.float64) * 4).requires_grad_()
+    teacher = torch.softmax(torch.randn(6, 5, generator=generator, dtype=torch.float64) * 4, 1)
+
+    for temperature in (0.5, 1.0, 3.0, 20.0):
+        (ce_grad,) = torch.autograd.grad(
+            soft_target_cross_entropy(logits, teacher, temperature), logits
+        )
+        (kl_grad,) = torch.autograd.grad(kd_loss(logits, teacher, temperature), logits)
+
+        torch.testing.assert_close(ce_grad, kl_grad, rtol=0, atol=1e-14)
+
+
+# --- hint_loss -------------------------------------------------------------------------------
+
+
+def _fixed_conv_adapter() -> torch.nn.Module:
+    adapter = hint_adapter(student_channels=1, teacher_channels=2, rank=3)
+    with torch.no_grad():
+        adapter.weight.copy_(torch.tensor([[[2.0]], [[-1.0]]]))
+        adapter.bias.copy_(torch.tensor([0.0, 1.0]))
+    return adapter
+
+
+def test_hint_loss_matches_hand_computed_value_and_adapter_gradient():
+    # Prepare: u_s = [[1, 2]] (B=1, C_s=1, L=2); r = 1×1 conv with w = (2, −1), b = (0, 1)
+    #   r(u_s) = [[2, 4], [0, −1]];  v_t = [[1, 1], [0, 1]]  → diff [[1, 3], [0, −2]]
+    #   loss = (1 + 9 + 0 + 4) / 4 = 3.5
+    #   ∂/∂w_c = 2/4 · Σ_l diff_cl · u_l: w_0: ½·(1 + 6) = 3.5, w_1: ½·(0 − 4) = −2
+    #   ∂/∂b_c = 2/4 · Σ_l diff_cl:       b_0: ½·4 = 2,        b_1: ½·(−2) = −1
+    student = torch.tensor([[[1.0, 2.0]]], requires_grad=True)
+    teacher = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]], requires_grad=True)
+    adapter = _fixed_conv_adapter()
+
+    # Execute
+    loss = hint_loss(student, teacher, adapter)
+    loss.backward()
+
+    # Assert
+    assert loss.item() == pytest.approx(3.5, abs=1e-6)
+    torch.testing.assert_close(adapter.weight.grad.flatten(), torch.tensor([3.5, -2.0]))
+    torch.testing.assert_close(adapter.bias.grad, torch.tensor([2.0, -1.0]))
+    # ∂/∂u_l = 2/4 · Σ_c diff_cl · w_c: l=0: ½·(1·2 + 0) = 1, l=1: ½·(3·2 + (−2)(−1)) = 4
+    torch.testing.assert_close(student.grad, torch.tensor([[[1.0, 4.0]]]))
+    assert teacher.grad is None  # the teacher is never trained by the hint
+
+
+def test_hint_adapter_for_flat_features_is_linear():
+    adapter = hint_adapter(student_channels=3, teacher_channels=5, rank=2)
+
+    assert adapter(torch.zeros(4, 3)).shape == (4, 5)
+
+
+def test_hint_adapter_rejects_other_ranks():
+    with pytest.raises(ValueError, match=r"rank 2 .* or 3 .*, got rank 4"):
+        hint_adapter(3, 5, rank=4)
+
+
+def test_hint_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"adapted student features \(1, 2, 2\) do not match"):
+        hint_loss(torch.zeros(1, 1, 2), torch.zeros(1, 2, 3), _fixed_conv_adapter())
+
+
+# --- RKD -------------------------------------------------------------------------------------
+
+# A 3-4-5 right triangle (teacher) and three collinear points (student).
+TRIANGLE = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+LINE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+
+
+def test_rkd_distance_loss_matches_hand_computed_value():
+    # Teacher distances (01, 02, 12) = (3, 4, 5), mean 4 → (0.75, 1, 1.25).
+    # Student distances (1, 2, 1), mean 4/3 → (0.75, 1.5, 0.75).
+    # Huber (δ=1) of the differences (0, 0.5, −0.5): (0, 0.125, 0.125); mean over pairs = 1/12.
+    loss = rkd_distance_loss(LINE, TRIANGLE)
+
+    assert loss.item() == pytest.approx(1 / 12, abs=1e-12)
+
+
+def test_rkd_distance_loss_ignores_the_scale_of_either_embedding():
+    assert rkd_distance_loss(10 * LINE, 0.1 * TRIANGLE).item() == pytest.approx(1 / 12, abs=1e-12)
+
+
+def test_rkd_angle_loss_matches_hand_computed_value():
+    # Cosine at each vertex between the other two points:
+    #   teacher: vertex 0 → 0 (right angle), vertex 1 → 3/5, vertex 2 → 4/5
+    #   student: vertex 0 → 1, vertex 1 → −1 (between its neighbours), vertex 2 → 1
+    # Huber (δ=1): |1 − 0| = 1 → 0.5; |−1 − 0.6| = 1.6 → 1.1; |1 − 0.8| = 0.2 → 0.02.
+    # Each vertex has two ordered triples with the same cosine: mean = 1.62 / 3 = 0.54.
+    loss = rkd_angle_loss(LINE, TRIANGLE)
+
+    assert loss.item() == pytest.approx(0.54, abs=1e-12)
+
+
+def test_rkd_losses_are_zero_for_the_same_geometry_in_another_dimension():
+    # The teacher's triangle embedded in 3-D and scaled: same distances (up to scale) and angles.
+    student = torch.cat([TRIANGLE * 2, torch.zeros(3, 1, dtype=torch.float64)], dim=1)
+
+    assert rkd_distance_loss(student, TRIANGLE).item() == pytest.approx(0.0, abs=1e-12)
+    assert rkd_angle_loss(student, TRIANGLE).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rkd_losses_on_too_small_batches_are_zero_and_differentiable():
+    student = torch.ones(2, 3, requires_grad=True)
+
+    distance = rkd_distance_loss(student[:1], torch.ones(1, 4))
+    angle = rkd_angle_loss(student, torch.ones(2, 4))
+    (distance + angle).backward()
+
+    assert distance.item() == 0.0 and angle.item() == 0.0
+    torch.testing.assert_close(student.grad, torch.zeros(2, 3))
+
+
+def test_rkd_gradient_is_finite_for_coincident_student_rows():
+    student = torch.zeros(3, 2, requires_grad=True)
+
+    (
+        rkd_distance_loss(student, TRIANGLE.float()) + rkd_angle_loss(student, TRIANGLE.float())
+    ).backward()
+
+    assert torch.isfinite(student.grad).all()
+
+
+def test_rkd_rejects_batches_of_different_sizes():
+    with pytest.raises(ValueError, match=r"one batch, got \(3, 2\) and \(2, 2\)"):
+        rkd_distance_loss(LINE, TRIANGLE[:2])
+
+
+def test_kd_rkd_loss_is_kd_plus_weighted_rkd_on_the_softened_outputs():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    teacher = torch.softmax(torch.randn(5, 4, generator=generator, dtype=torch.float64), 1)
+    student = torch.softmax(logits / 2.0, dim=1)
+
+    loss = kd_rkd_loss(logits, teacher, temperature=2.0)
+
+    expected = (
+        kd_loss(logits, teacher, 2.0)
+        + RKD_DISTANCE_WEIGHT * rkd_distance_loss(student, teacher)
+        + RKD_ANGLE_WEIGHT * rkd_angle_loss(student, teacher)
+    )
+    assert (RKD_DISTANCE_WEIGHT, RKD_ANGLE_WEIGHT) == (1.0, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
+    assert STUDENT_LOSSES["kd+rkd"](logits, teacher, 2.0).item() == loss.item()
+    assert STUDENT_LOSSES["kd"](logits, teacher, 2.0).item() == kd_loss(logits, teacher, 2.0).item()
+
+
+def test_student_loss_names_match_the_config():
+    assert tuple(STUDENT_LOSSES) == CONFIG_STUDENT_LOSSES
+
+
+# --- at_unit_temperature ---------------------------------------------------------------------
+
+
+def test_at_unit_temperature_recovers_the_t1_prediction_of_one_teacher():
+    # softmax((ln 4, 0) / 2) = (2/3, 1/3); squared and renormalised: (4/9, 1/9) / (5/9) = (0.8, 0.2)
+    softened = np.array([[2 / 3, 1 / 3], [0.5, 0.5]])
+
+    np.testing.assert_allclose(
+        at_unit_temperature(softened, 2.0), [[0.8, 0.2], [0.5, 0.5]], rtol=0, atol=1e-12
+    )
+
+
+def test_at_unit_temperature_keeps_zero_probabilities_zero():
+    np.testing.assert_array_equal(at_unit_temperature(np.array([[0.0, 1.0]]), 3.0), [[0.0, 1.0]])
