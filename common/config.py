@@ -20,6 +20,7 @@ PARTITIONERS = ("iid", "dirichlet", "pathological")
 ENSEMBLE_RULES = ("uniform", "weighted")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
+STUDENT_LOSSES = ("kd", "kd+rkd")  # the names of common.kd.STUDENT_LOSSES
 
 
 def _doc(default: Any, text: str) -> Any:
@@ -88,6 +89,9 @@ class RunConfig:
     distill_epochs: int = _doc(20, "student epochs on the public set per round")
     distill_lr: float = _doc(0.003, "student learning rate (Adam)")
     distill_batch_size: int = _doc(128, "student batch size")
+    student_loss: str = _doc(
+        "kd", "kd | kd+rkd: the student's objective (kd+rkd adds RKD on the ensemble's outputs)"
+    )
     # --- secure aggregation ---
     secagg: bool = _doc(True, "aggregate soft labels with SecAgg+ (false = plain, in the clear)")
     secagg_neighbours: int = _doc(0, "SecAgg+ graph degree k; 0 = auto (O(log n)); >= n-1 = all")
@@ -199,6 +203,10 @@ class RunConfig:
         _require(
             self.ensemble in ENSEMBLE_RULES,
             f"ensemble must be one of {ENSEMBLE_RULES}, got {self.ensemble!r}",
+        )
+        _require(
+            self.student_loss in STUDENT_LOSSES,
+            f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}",
         )
         self._validate_method()
         _require(self.proximal_mu >= 0, f"proximal_mu must be >= 0, got {self.proximal_mu}")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.kd import kd_loss, soft_labels
+from common.kd import STUDENT_LOSSES, soft_labels
 
 
 def resolve_device(device: str) -> torch.device:
@@ -90,13 +90,21 @@ def distill(
     optimizer: torch.optim.Optimizer | None = None,
     hard_labels: np.ndarray | None = None,
     hard_label_weight: float = 0.0,
+    student_loss: str = "kd",
 ) -> float:
-    """Distil `teacher_probs` (N, K) on inputs x (N, ...) into `model` with `kd_loss`.
+    """Distil `teacher_probs` (N, K) on inputs x (N, ...) into `model`.
 
+    `student_loss` names the objective in `common.kd.STUDENT_LOSSES` (`kd_loss`, or `kd+rkd`
+    adding the relational terms on each batch's outputs).
     `hard_labels`/`hard_label_weight` add cross-entropy on true labels (ablation only).
     Pass `optimizer` to keep its state across calls (the server's student does).
     Returns the last epoch's mean loss.
     """
+    if student_loss not in STUDENT_LOSSES:
+        raise ValueError(
+            f"student_loss must be one of {tuple(STUDENT_LOSSES)}, got {student_loss!r}"
+        )
+    objective = STUDENT_LOSSES[student_loss]
     model.to(device).train()
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     inputs = torch.as_tensor(x, device=device)
@@ -108,7 +116,7 @@ def distill(
         for idx in _batches(len(inputs), batch_size, generator):
             idx = idx.to(device)
             logits = model(inputs[idx])  # (B, K)
-            loss = kd_loss(logits, targets[idx], temperature)
+            loss = objective(logits, targets[idx], temperature)
             if labels is not None and hard_label_weight > 0:
                 loss = loss + hard_label_weight * F.cross_entropy(logits, labels[idx])
             opt.zero_grad()
@@ -130,4 +138,15 @@ def predict_probs(
         soft_labels(model(inputs[i : i + batch].to(device)), temperature).cpu()
         for i in range(0, len(inputs), batch)
     ]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 1024
+) -> np.ndarray:
+    """model(x) as float32 (N, K) logits, evaluated in batches in eval mode."""
+    model.to(device).eval()
+    inputs = torch.as_tensor(x)
+    out = [model(inputs[i : i + batch].to(device)).cpu() for i in range(0, len(inputs), batch)]
     return torch.cat(out).numpy().astype(np.float32)

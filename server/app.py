@@ -21,13 +21,14 @@ from common.feasibility import (
     describe_aggregation,
     describe_planned_aggregation,
 )
+from common.kd import at_unit_temperature
 from common.logs import get_logger
 from common.methods import Ensemble, get_method
-from common.metrics import accuracy
+from common.metrics import accuracy, expected_calibration_error
 from common.training import resolve_device
 from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
 from server.cohort import NodeRegistry, sample_cohort
-from server.results import RunDirectory, summarise_rounds
+from server.results import RunDirectory, run_title, summarise_rounds
 from server.secure_aggregator import SecureAggregator
 from server.student import Student
 
@@ -127,7 +128,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
             describe_aggregation(config, len(plan.cohort), len(plan.query_indices)),
             row["seconds"],
         )
-    _finish(results, wall_start)
+    _finish(results, wall_start, config, student, splits, previous)
     return results.path
 
 
@@ -230,8 +231,9 @@ def _distill_and_evaluate(
     return {
         "status": "ok",
         **student.evaluate(splits.test_x, splits.test_y),
-        # Diagnostic only a simulation can compute: the public set's labels stay on the server.
+        # Diagnostics only a simulation can compute: the public set's labels stay on the server.
         "ensemble_public_accuracy": accuracy(ensemble, public_y),
+        **ensemble_calibration(ensemble, public_y, student.config),
         "ensemble_entropy": entropy,
         "distill_loss": loss,
         "clients": len(aggregate.contributors),
@@ -243,6 +245,21 @@ def _distill_and_evaluate(
         "bytes_down": aggregate.bytes_down,
         "aggregate_seconds": aggregate.seconds,
         "distill_seconds": distill_seconds,
+    }
+
+
+def ensemble_calibration(
+    ensemble: np.ndarray, public_y: np.ndarray, config: RunConfig
+) -> dict[str, float]:
+    """The ensemble's ECE on the public rows (Q', K) against their labels (Q',): as distilled
+    (softened at the method's T) and read at T = 1 (`at_unit_temperature`, what a student that
+    matched it exactly would predict at test time)."""
+    temperature = get_method(config.method).temperature(config)
+    return {
+        "ensemble_public_ece": expected_calibration_error(ensemble, public_y),
+        "ensemble_public_ece_t1": expected_calibration_error(
+            at_unit_temperature(ensemble, temperature), public_y
+        ),
     }
 
 
@@ -265,15 +282,24 @@ def _privacy_columns(
     return {"dp_epsilon": eps, "dp_noise_ok": noise_ok}
 
 
-def _finish(results: RunDirectory, wall_start: float) -> None:
-    """Write summary.json (round counts, failures, final metrics) and the accuracy plot."""
+def _finish(
+    results: RunDirectory,
+    wall_start: float,
+    config: RunConfig,
+    student: Student,
+    splits: DatasetSplits,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> None:
+    """Write summary.json (round counts, failures, final metrics), the accuracy plot and the
+    final student's and last ensemble's reliability diagrams."""
     summary = {
         **summarise_rounds(results.rows),
         "wall_seconds": time.perf_counter() - wall_start,
         "out_dir": str(results.path),
     }
     if summary["rounds_completed"]:
-        results.write_accuracy_plot()
+        results.write_accuracy_plot(run_title(config.to_dict()))
+        _write_reliability(results, config, student, splits, previous)
     results.write_summary(summary)
     if summary["rounds_failed"]:
         log.warning(
@@ -283,3 +309,31 @@ def _finish(results: RunDirectory, wall_start: float) -> None:
             "; ".join(f"round {f['round']}: {f['reason']}" for f in summary["failed_rounds"]),
         )
     log.info("feddistill: finished; results in %s", results.path)
+
+
+def _write_reliability(
+    results: RunDirectory,
+    config: RunConfig,
+    student: Student,
+    splits: DatasetSplits,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> None:
+    """reliability.png: the final student on the test set (raw and temperature-scaled) and
+    the last round's ensemble on its public rows (as distilled, and read at T = 1)."""
+    probs, scaled, temperatures = student.predictions(splits.test_x, splits.test_y)
+    panels = {
+        "student (test)": (probs, splits.test_y),
+        f"student, temperature-scaled (T≈{np.mean(temperatures):.2f}, cross-fit)": (
+            scaled,
+            splits.test_y,
+        ),
+    }
+    if previous is not None:
+        temperature = get_method(config.method).temperature(config)
+        public_y = splits.public_y[previous[0]]
+        panels[f"ensemble (public), as distilled at T={temperature:g}"] = (previous[1], public_y)
+        panels["ensemble (public), read at T=1"] = (
+            at_unit_temperature(previous[1], temperature),
+            public_y,
+        )
+    results.write_reliability_plot(panels)

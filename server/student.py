@@ -9,10 +9,16 @@ import torch
 
 from common.config import RunConfig
 from common.data import DatasetSplits
+from common.kd import soft_labels
 from common.methods import get_method
-from common.metrics import accuracy, expected_calibration_error, nll
+from common.metrics import (
+    accuracy,
+    cross_fitted_temperature_scaling,
+    expected_calibration_error,
+    nll,
+)
 from common.models import build_model
-from common.training import distill, predict_probs, seeded_generator
+from common.training import distill, predict_logits, seeded_generator
 
 
 class Student:
@@ -52,16 +58,31 @@ class Student:
             optimizer=self.optimizer,
             hard_labels=public_y if use_labels else None,
             hard_label_weight=self.config.hard_label_weight,
+            student_loss=self.config.student_loss,
         )
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Accuracy, NLL and ECE (15 bins) at temperature 1 on (N, ...) inputs, (N,) labels."""
-        probs = predict_probs(self.model, x, 1.0, self.device)
+        """Accuracy, NLL and ECE (15 bins) at temperature 1 on (N, ...) inputs, (N,) labels,
+        and the post-hoc baseline: ECE after temperature scaling fitted on the other half of
+        the same set (`student_ece_ts`, 2-fold cross-fit) and the mean fitted T."""
+        probs, scaled, temperatures = self.predictions(x, y)
         return {
             "student_accuracy": accuracy(probs, y),
             "student_nll": nll(probs, y),
             "student_ece": expected_calibration_error(probs, y),
+            "student_ece_ts": expected_calibration_error(scaled, y),
+            "student_ts_temperature": float(np.mean(temperatures)),
         }
+
+    def predictions(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """(N, K) probabilities at T = 1, the same temperature-scaled by the cross-fitted T
+        (see `cross_fitted_temperature_scaling`), and the two fitted temperatures."""
+        logits = predict_logits(self.model, x, self.device)  # (N, K)
+        probs = soft_labels(torch.from_numpy(logits), 1.0).numpy()  # as predict_probs does
+        scaled, temperatures = cross_fitted_temperature_scaling(logits, y, self.config.seed)
+        return probs, scaled, temperatures
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Load model and optimizer state written by `checkpoint`."""

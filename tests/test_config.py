@@ -86,6 +86,7 @@ def test_from_mapping_coerces_cli_strings_to_field_types():
         ({"allow_public_labels": "yes"}, ["allow_public_labels must be true or false, got 'yes'"]),
         ({"partitioner": "shards"}, ["partitioner must be one of", "'dirichlet'", "'shards'"]),
         ({"ensemble": "median"}, ["ensemble must be one of", "'weighted'", "'median'"]),
+        ({"student_loss": "rkd"}, ["student_loss must be one of", "'kd+rkd'", "'rkd'"]),
         ({"local_optimizer": "lion"}, ["local_optimizer must be one of", "'adam'", "'lion'"]),
         ({"device": "tpu"}, ["device must be one of", "'cuda'", "'tpu'"]),
         ({"fraction": 0.0}, ["fraction must be in (0, 1], got 0.0"]),

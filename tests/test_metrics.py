@@ -1,4 +1,4 @@
-"""Tests for common.metrics: accuracy, NLL and 15-bin expected calibration error."""
+"""Tests for common.metrics: accuracy, NLL, 15-bin ECE, reliability data, temperature scaling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import pytest
 from common.metrics import (
     ECE_BINS,
     accuracy,
+    cross_fitted_temperature_scaling,
     expected_calibration_error,
+    fit_temperature,
     nll,
+    reliability,
     reliability_bins,
+    softmax_at,
 )
 
 # Five predictions over two classes. Bin b of 15 covers (b/15, (b+1)/15].
@@ -113,3 +117,67 @@ def test_bin_edges_with_exactly_representable_confidences():
     np.testing.assert_array_equal(counts, [0, 2, 1, 1])
     np.testing.assert_array_equal(mean_conf, [0.0, 0.5, 0.75, 1.0])
     np.testing.assert_array_equal(mean_acc, [0.0, 0.5, 0.0, 1.0])
+
+
+# --- reliability diagram data ----------------------------------------------------------------
+
+
+def test_reliability_gives_the_diagram_bins_and_their_ece():
+    # The five predictions above: bins 9 (1 sample), 10 (2), 13 (1), 14 (1); ECE 0.396.
+    diagram = reliability(PROBS, LABELS)
+
+    np.testing.assert_allclose(diagram.edges, np.arange(16) / 15, rtol=0, atol=1e-15)
+    expected_counts = np.zeros(15)
+    expected_counts[[9, 10, 13, 14]] = [1, 2, 1, 1]
+    np.testing.assert_array_equal(diagram.counts, expected_counts)
+    np.testing.assert_allclose(
+        diagram.confidence[[9, 10, 13, 14]], [0.65, 0.69, 0.90, 0.95], rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(diagram.accuracy[[9, 10, 13, 14]], [0, 0.5, 0, 1], atol=0)
+    assert diagram.ece == pytest.approx(0.396, abs=1e-12)
+
+
+# --- temperature scaling ---------------------------------------------------------------------
+
+
+def test_fit_temperature_matches_the_closed_form_for_two_classes():
+    # Logits (2, 0) for four samples, three of them labelled 0: the NLL is minimal where
+    # sigmoid(2/T) = 3/4, i.e. 2/T = ln 3, T = 2 / ln 3 = 1.8204784.
+    logits = np.array([[2.0, 0.0]] * 4)
+    labels = np.array([0, 0, 0, 1])
+
+    assert fit_temperature(logits, labels) == pytest.approx(1.8204784, abs=1e-7)
+
+
+def test_fit_temperature_stays_inside_its_bounds():
+    # Every prediction right: the NLL keeps falling as T → 0, so the lower bound is returned.
+    logits = np.array([[2.0, 0.0], [0.0, 2.0]])
+
+    assert fit_temperature(logits, np.array([0, 1]), bounds=(0.1, 10.0)) == pytest.approx(
+        0.1, rel=1e-6
+    )
+
+
+def test_softmax_at_divides_logits_by_the_temperature():
+    # softmax((ln 4, 0) / 2) = softmax(ln 2, 0) = (2/3, 1/3)
+    np.testing.assert_allclose(
+        softmax_at(np.array([[np.log(4.0), 0.0]]), 2.0), [[2 / 3, 1 / 3]], rtol=0, atol=1e-15
+    )
+
+
+def test_cross_fitted_scaling_applies_each_halfs_temperature_to_the_other_half():
+    # Prepare: 40 two-class samples with varied logits and labels.
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(40, 2)) * 3
+    labels = rng.integers(0, 2, size=40)
+
+    # Execute
+    probs, (first, second) = cross_fitted_temperature_scaling(logits, labels, seed=7)
+
+    # Assert: rebuild the halves from the same seeded permutation.
+    order = np.random.default_rng([7, 41]).permutation(40)
+    half_a, half_b = order[:20], order[20:]
+    assert first == fit_temperature(logits[half_a], labels[half_a])
+    assert second == fit_temperature(logits[half_b], labels[half_b])
+    np.testing.assert_array_equal(probs[half_b], softmax_at(logits[half_b], first))
+    np.testing.assert_array_equal(probs[half_a], softmax_at(logits[half_a], second))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from server.results import RunDirectory
+from common.config import RunConfig
+from server.results import RunDirectory, draw_accuracy, draw_reliability, run_title
 
 
 class SimulatedCrash(RuntimeError):
@@ -159,3 +161,86 @@ def test_crash_while_rewriting_the_checkpoint_keeps_the_previous_one(tmp_path, m
 
     assert torch.load(results.path / "student.pt", weights_only=True) == {"round": 1}
     assert _leftover_temp_files(results) == []
+
+
+# --- plots: what they draw -------------------------------------------------------------------
+
+
+def _axes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(2, 1, 1), figure.add_subplot(2, 1, 2)
+
+
+def test_reliability_diagram_draws_the_hand_computed_bins_and_ece():
+    # Prepare: bin b of 15 covers (b/15, (b+1)/15].
+    #   (0.95, 0.05) label 0 → conf 0.95 ✓ bin 14;  (0.90, 0.10) label 1 → 0.90 ✗ bin 13
+    #   (0.30, 0.70) label 1 → 0.70 ✓ bin 10;      (0.68, 0.32) label 1 → 0.68 ✗ bin 10
+    # Bars at the bins' accuracy (10 → ½, 13 → 0, 14 → 1); the gap bars reach from the
+    # accuracy up to the mean confidence (0.69, 0.90, 0.95); ECE = (2·0.19 + 0.90 + 0.05)/4.
+    probs = np.array([[0.95, 0.05], [0.90, 0.10], [0.30, 0.70], [0.68, 0.32]])
+    labels = np.array([0, 1, 1, 1])
+    figure, axes, counts_axes = _axes()
+
+    # Execute
+    diagram = draw_reliability(axes, counts_axes, probs, labels, "student")
+    figure.canvas.draw()
+
+    # Assert
+    accuracy_bars, gap_bars = axes.containers
+    assert [bar.get_x() for bar in accuracy_bars] == pytest.approx([10 / 15, 13 / 15, 14 / 15])
+    assert [bar.get_height() for bar in accuracy_bars] == pytest.approx([0.5, 0.0, 1.0])
+    assert [bar.get_y() + bar.get_height() for bar in gap_bars] == pytest.approx([0.69, 0.90, 0.95])
+    assert diagram.ece == pytest.approx((0.90 + 2 * 0.19 + 0.05) / 4, abs=1e-12)
+    assert axes.get_title() == f"student\nECE {diagram.ece:.3f} (4 samples)"
+    (count_bars,) = counts_axes.containers
+    heights = [bar.get_height() for bar in count_bars]
+    assert heights[10] == 2 and heights[13] == 1 and heights[14] == 1
+    assert sum(h for h in heights if h >= 1) == 4  # empty bins drawn at 0.5 on the log scale
+
+
+def test_reliability_png_has_one_panel_per_entry(tmp_path):
+    results = RunDirectory(tmp_path / "run")
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+
+    drawn = results.write_reliability_plot(
+        {"student": (probs, np.array([0, 0])), "ensemble": (probs, np.array([0, 1]))}
+    )
+
+    assert list(drawn) == ["student", "ensemble"]
+    assert drawn["ensemble"].ece == pytest.approx((0.1 + 0.2) / 2)
+    assert (results.path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_plot_has_integer_round_ticks_and_the_setting_as_title():
+    rows = [_round_row(r, 0.5 + 0.1 * r) for r in (1, 2, 3)]
+    figure, axes, _ = _axes()
+
+    draw_accuracy(axes, rows, "fedmd · mnist1d")
+    figure.canvas.draw()
+
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 3]
+    assert ticks == [1, 2, 3]
+    assert axes.get_title() == "fedmd · mnist1d"
+
+
+@pytest.mark.parametrize(
+    ("changes", "title"),
+    [
+        ({}, "fedmd · mnist1d · 10 clients, Dirichlet α=0.5 · SecAgg+ on"),
+        (
+            {"method": "dsfl", "partitioner": "iid", "secagg": False, "num_clients": 4},
+            "dsfl · mnist1d · 4 clients, IID · SecAgg+ off",
+        ),
+        (
+            {"partitioner": "pathological", "student_loss": "kd+rkd"},
+            "fedmd · mnist1d · 10 clients, 2 classes/client · SecAgg+ on · kd+rkd",
+        ),
+    ],
+    ids=["defaults", "iid-plain", "pathological-rkd"],
+)
+def test_run_title_names_the_setting(changes, title):
+    assert run_title(RunConfig.from_mapping(changes).to_dict()) == title
