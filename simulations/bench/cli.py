@@ -19,7 +19,7 @@ from pathlib import Path
 
 from simulations.bench.suite import DEFAULT_SEEDS, BenchSpec, make_bench
 
-SUITES = ("quality", "temperature", "overhead", "scale", "comm")
+SUITES = ("quality", "temperature", "principles", "overhead", "scale", "comm")
 DEFAULT_OUT = Path("runs") / "bench"
 
 
