@@ -120,10 +120,13 @@ def hint_loss(
 def pairwise_distances(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Euclidean distances between the rows of (B, D) embeddings: (B, B), zero diagonal.
 
-    The squared distances are clamped at `eps` before the square root so the gradient stays
-    finite for coincident rows.
+    From the Gram matrix (‖e_i‖² + ‖e_j‖² − 2⟨e_i, e_j⟩, no (B, B, D) tensor); the squared
+    distances are clamped at `eps` before the square root so the gradient stays finite for
+    coincident rows.
     """
-    squared = (embeddings.unsqueeze(0) - embeddings.unsqueeze(1)).pow(2).sum(dim=-1)  # (B, B)
+    gram = embeddings @ embeddings.T  # (B, B)
+    norms = gram.diagonal()
+    squared = norms[:, None] + norms[None, :] - 2 * gram
     off_diagonal = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
     return squared.clamp_min(eps).sqrt() * off_diagonal
 
@@ -180,22 +183,31 @@ def rkd_angle_loss(
     batch = len(student_embeddings)
     if batch < 3:
         return student_embeddings.sum() * 0.0
-    index = torch.arange(batch, device=student_embeddings.device)
-    distinct = (
-        (index[:, None, None] != index[None, :, None])
-        & (index[None, :, None] != index[None, None, :])
-        & (index[:, None, None] != index[None, None, :])
-    )  # (B, B, B) over (vertex j, i, k)
-    student = _cosines(student_embeddings)[distinct]  # (B(B−1)(B−2),)
-    teacher = _cosines(teacher_embeddings.detach())[distinct]
-    return F.smooth_l1_loss(student, teacher, beta=1.0)
+    # Triples with a repeated index contribute 0: a zero difference has cosine 0 and i = k has
+    # cosine 1, in both spaces alike. So the sum over all B³ entries is the sum over distinct ones.
+    student = _cosines(student_embeddings)  # (B, B, B)
+    teacher = _cosines(teacher_embeddings.detach())
+    distinct = batch * (batch - 1) * (batch - 2)
+    return F.smooth_l1_loss(student, teacher, beta=1.0, reduction="sum") / distinct
 
 
 def _cosines(embeddings: torch.Tensor) -> torch.Tensor:
-    """(B, D) -> (B, B, B): entry [j, i, k] is the cosine of the angle at e_j between e_i, e_k."""
-    differences = embeddings.unsqueeze(0) - embeddings.unsqueeze(1)  # [j, i] = e_i − e_j
-    unit = F.normalize(differences, p=2, dim=-1)  # (B, B, D)
-    return torch.bmm(unit, unit.transpose(1, 2))
+    """(B, D) -> (B, B, B): entry [j, i, k] is the cosine of the angle at e_j between e_i, e_k
+    (0 where e_i = e_j or e_k = e_j)."""
+    batch, dim = embeddings.shape
+    if dim <= batch:  # explicit differences are cheaper while (B, B, D) is small
+        differences = embeddings.unsqueeze(0) - embeddings.unsqueeze(1)  # [j, i] = e_i − e_j
+        unit = F.normalize(differences, p=2, dim=-1)  # (B, B, D)
+        return torch.bmm(unit, unit.transpose(1, 2))
+    # ⟨e_i − e_j, e_k − e_j⟩ = G_ik − G_ji − G_jk + G_jj from the Gram matrix G (B, B).
+    gram = embeddings @ embeddings.T
+    norms = gram.diagonal()
+    lengths = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(1e-24).sqrt()  # [j, i]
+    inner = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + norms[:, None, None]
+    apart = (~torch.eye(batch, dtype=torch.bool, device=embeddings.device)).to(gram.dtype)
+    # Clamped: rounding in nearly coincident rows must not leave [−1, 1].
+    cosines = (inner / (lengths[:, :, None] * lengths[:, None, :])).clamp(-1.0, 1.0)
+    return cosines * apart[:, :, None] * apart[:, None, :]  # i = j or k = j: 0, as above
 
 
 def kd_rkd_loss(

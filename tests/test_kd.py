@@ -383,14 +383,31 @@ def test_rkd_losses_on_too_small_batches_are_zero_and_differentiable():
     torch.testing.assert_close(student.grad, torch.zeros(2, 3))
 
 
-def test_rkd_gradient_is_finite_for_coincident_student_rows():
-    student = torch.zeros(3, 2, requires_grad=True)
+@pytest.mark.parametrize("dim", [2, 5], ids=["differences", "gram"])
+def test_rkd_gradient_is_finite_for_coincident_student_rows(dim):
+    student = torch.zeros(3, dim, requires_grad=True)
 
     (
         rkd_distance_loss(student, TRIANGLE.float()) + rkd_angle_loss(student, TRIANGLE.float())
     ).backward()
 
     assert torch.isfinite(student.grad).all()
+
+
+def test_rkd_angle_is_the_same_through_the_gram_matrix_for_wide_embeddings():
+    # Prepare: D ≤ B uses explicit differences, D > B the Gram matrix; padding with zero
+    # columns changes no distance or angle, so the loss must not change.
+    generator = torch.Generator().manual_seed(11)
+    student = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    pad = torch.zeros(6, 20, dtype=torch.float64)
+
+    narrow = rkd_angle_loss(student, teacher)
+    wide = rkd_angle_loss(torch.cat([student, pad], 1), torch.cat([teacher, pad], 1))
+
+    assert wide.item() == pytest.approx(narrow.item(), abs=1e-12)
+    padded = rkd_angle_loss(torch.cat([LINE, pad[:3]], 1), torch.cat([TRIANGLE, pad[:3]], 1))
+    assert padded.item() == pytest.approx(0.54, abs=1e-12)
 
 
 def test_rkd_rejects_batches_of_different_sizes():
