@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from common.config import RunConfig
+from common.methods import get_method
 from common.secagg import SecAggParams
 from common.secure_codec import client_policy, dp_noise_share_std, value_bound
 
@@ -87,6 +88,13 @@ def check_feasible(config: RunConfig, num_public: int) -> None:
             f"dp_min_clients={config.dp_min_clients} exceeds {implied}: the noise shares of "
             f"{cohort} clients could never add up to the configured σ²; allowed: 0 (= cohort) "
             f"to {cohort}"
+        )
+    most_weight = cohort * (config.secagg_weight_bound if config.ensemble == "weighted" else 1.0)
+    if get_method(config.method).per_row_weights and config.min_row_weight > most_weight:
+        raise ValueError(
+            f"min_row_weight={config.min_row_weight} exceeds the largest total weight a row can "
+            f"get from {implied} ({most_weight:g}): method={config.method} would drop every row; "
+            f"allowed: 0 to {most_weight:g}"
         )
     if config.secagg:
         try:

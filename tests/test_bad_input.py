@@ -285,6 +285,11 @@ IMPOSSIBLE = [
         "up to the configured σ²; allowed: 0 (= cohort) to 10",
     ),
     (
+        ["method=selective", "min_row_weight=10.5"],
+        f"min_row_weight=10.5 exceeds the largest total weight a row can get from {COHORT_10} "
+        "(10): method=selective would drop every row; allowed: 0 to 10",
+    ),
+    (
         ["public_query_size=33"],
         "public_query_size=33 exceeds the 32 public samples; allowed: 0 (= all) to 32",
     ),
@@ -303,6 +308,7 @@ IMPOSSIBLE_IDS = [
     "small-fraction",
     "min-clients",
     "dp-min-clients",
+    "min-row-weight",
     "query-size",
     "encoding-width",
 ]
