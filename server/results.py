@@ -152,9 +152,11 @@ def draw_accuracy(axes: Any, rows: list[dict[str, Any]], title: str) -> None:
         ls="--",
         label="ensemble teacher (public)",
     )
+    rounds = frame["round"]
     axes.set(xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    axes.set_xlim(rounds.min() - 0.5, rounds.max() + 0.5)  # a single round still gets its tick
     axes.set_title(title, fontsize=9)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
 

@@ -215,15 +215,19 @@ def test_reliability_png_has_one_panel_per_entry(tmp_path):
     assert (results.path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_accuracy_plot_has_integer_round_ticks_and_the_setting_as_title():
-    rows = [_round_row(r, 0.5 + 0.1 * r) for r in (1, 2, 3)]
+@pytest.mark.parametrize("rounds", [[1], [1, 2, 3], list(range(1, 31))], ids=["1", "3", "30"])
+def test_accuracy_plot_has_integer_round_ticks_and_the_setting_as_title(rounds):
+    rows = [_round_row(r, 0.5 + 0.01 * r) for r in rounds]
     figure, axes, _ = _axes()
 
     draw_accuracy(axes, rows, "fedmd · mnist1d")
     figure.canvas.draw()
 
-    ticks = [t for t in axes.get_xticks() if 1 <= t <= 3]
-    assert ticks == [1, 2, 3]
+    low, high = axes.get_xlim()
+    ticks = [t for t in axes.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    if len(rounds) <= 3:
+        assert ticks == rounds
     assert axes.get_title() == "fedmd · mnist1d"
 
 
