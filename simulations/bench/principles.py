@@ -25,6 +25,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ def run(bench: Bench) -> None:
             )
     torch.set_num_threads(bench.config.server_threads)
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in CLAIMS}
-    for seed in bench.seeds:
+    for done, seed in enumerate(bench.seeds, start=1):
         world = _build_world(bench, seed)
         hard_student, rows = _compression(bench, world)
         tables["compression"] += rows
@@ -106,16 +107,21 @@ def run(bench: Bench) -> None:
         tables["ce_kl"] += _ce_kl(world, hard_student)
         tables["calibration"] += _calibration(bench, world)
         tables["features"] += _features(bench, world)
+        # Rewritten after every seed, so a long run can be read (and stopped) part-way.
+        path = _write(bench, tables, bench.seeds[:done])
+        bench.step(f"seed={seed}: wrote {path} and its tables and plots ({done} seed(s))")
+
+
+def _write(bench: Bench, tables: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> Path:
     frames = {name: pd.DataFrame(rows) for name, rows in tables.items()}
     for name, frame in frames.items():
         report.write_csv(frame, bench.out_dir / f"principles_{name}.csv")
-    sections = [report.settings_line(bench.settings, bench.seeds), _preamble(bench)]
+    sections = [report.settings_line(bench.settings, seeds), _preamble(bench)]
     for name, (title, write) in CLAIMS.items():
         sections += [f"## {title}", write(bench, frames[name])]
-    path = report.write_markdown(
+    return report.write_markdown(
         bench.out_dir / "principles.md", "Distillation principles", sections
     )
-    bench.step(f"wrote {path} and {len(frames)} CSV tables with their plots")
 
 
 def _build_world(bench: Bench, seed: int) -> World:
