@@ -104,55 +104,58 @@ def test_peak_memory_sees_this_process() -> None:
 # --- every suite's smallest setting, end to end --------------------------------------------
 
 
-def test_quality_reports_every_method(quality: Path) -> None:
-    rows = pd.read_csv(quality / "quality.csv")
-    markdown = (quality / "quality.md").read_text()
+class TestQualityAndComm:
+    """`quality`'s Flower runs and the suites that reuse them (one xdist scope: see conftest.py)."""
 
-    assert set(rows["method"]) == {
-        "centralised student",
-        "local-only teachers (client mean)",
-        "hard-label student (public labels)",
-        "oracle-teacher student (central teacher, public inputs)",
-        "FD fedmd one-shot (1 round)",
-        "FD fedmd",
-        "FedAvg (student)",
-        "FedProx (student)",
-    }
-    assert rows[["accuracy", "nll", "ece"]].notna().all().all()
-    flower = rows[rows["method"].str.startswith(("FD", "FedAvg"))]
-    assert (flower["upload_mb_per_client"] > 0).all()
-    assert "| FD fedmd | 2 |" in markdown
-    assert "## Targets (measured, best FD method per α)" in markdown
-    assert (quality / "quality_rounds_a0.5.png").stat().st_size > 0
+    def test_quality_reports_every_method(self, quality: Path) -> None:
+        rows = pd.read_csv(quality / "quality.csv")
+        markdown = (quality / "quality.md").read_text()
 
+        assert set(rows["method"]) == {
+            "centralised student",
+            "local-only teachers (client mean)",
+            "hard-label student (public labels)",
+            "oracle-teacher student (central teacher, public inputs)",
+            "FD fedmd one-shot (1 round)",
+            "FD fedmd",
+            "FedAvg (student)",
+            "FedProx (student)",
+        }
+        assert rows[["accuracy", "nll", "ece"]].notna().all().all()
+        flower = rows[rows["method"].str.startswith(("FD", "FedAvg"))]
+        assert (flower["upload_mb_per_client"] > 0).all()
+        assert "| FD fedmd | 2 |" in markdown
+        assert "## Targets (measured, best FD method per α)" in markdown
+        assert (quality / "quality_rounds_a0.5.png").stat().st_size > 0
 
-def test_inprocess_engine_reproduces_the_flower_runs(root: Path, quality: Path) -> None:
-    inprocess = run_tiny(root, "quality", "engine=inprocess", out=root / "inprocess")
-    flower = pd.read_csv(quality / "quality.csv").set_index("method")
-    ours = pd.read_csv(inprocess / "quality.csv").set_index("method")
+    def test_inprocess_engine_reproduces_the_flower_runs(self, root: Path, quality: Path) -> None:
+        inprocess = run_tiny(root, "quality", "engine=inprocess", out=root / "inprocess")
+        flower = pd.read_csv(quality / "quality.csv").set_index("method")
+        ours = pd.read_csv(inprocess / "quality.csv").set_index("method")
 
-    fd = ["FD fedmd one-shot (1 round)", "FD fedmd"]
-    metrics = ["accuracy", "nll", "ece"]
-    np.testing.assert_allclose(ours.loc[fd, metrics], flower.loc[fd, metrics], atol=1e-6)
-    # FedAvg: only the float32 summation order differs (Flower samples nodes in random order).
-    tiny = make_bench(cli.load_suite("quality"), {"data_dir": str(root / "data")}, root, tiny=True)
-    test_size = len(load_splits(tiny.config).test_y)
-    fedavg = "FedAvg (student)"
-    assert abs(ours.loc[fedavg, "accuracy"] - flower.loc[fedavg, "accuracy"]) <= 3 / test_size
-    assert ours.loc[fd, "upload_mb_per_client"].isna().all()  # not measured without Flower
+        fd = ["FD fedmd one-shot (1 round)", "FD fedmd"]
+        metrics = ["accuracy", "nll", "ece"]
+        np.testing.assert_allclose(ours.loc[fd, metrics], flower.loc[fd, metrics], atol=1e-6)
+        # FedAvg: only the float32 summation order differs (Flower samples nodes in random order).
+        tiny = make_bench(
+            cli.load_suite("quality"), {"data_dir": str(root / "data")}, root, tiny=True
+        )
+        test_size = len(load_splits(tiny.config).test_y)
+        fedavg = "FedAvg (student)"
+        assert abs(ours.loc[fedavg, "accuracy"] - flower.loc[fedavg, "accuracy"]) <= 3 / test_size
+        assert ours.loc[fd, "upload_mb_per_client"].isna().all()  # not measured without Flower
 
+    def test_comm_reuses_quality_runs_and_counts_bytes(self, root: Path, quality: Path) -> None:
+        comm = run_tiny(root, "comm")
+        rows = pd.read_csv(comm / "comm.csv").set_index("method")
+        quality_rows = pd.read_csv(quality / "quality.csv").set_index("method")
 
-def test_comm_reuses_quality_runs_and_counts_bytes(root: Path, quality: Path) -> None:
-    comm = run_tiny(root, "comm")
-    rows = pd.read_csv(comm / "comm.csv").set_index("method")
-    quality_rows = pd.read_csv(quality / "quality.csv").set_index("method")
-
-    secagg, plain = rows.loc["FD, SecAgg+ (fixed-point)"], rows.loc["FD, plain float32"]
-    assert secagg["accuracy"] == quality_rows.loc["FD fedmd", "accuracy"]
-    assert secagg["kb_per_client_round"] > plain["kb_per_client_round"] > 0
-    assert rows.loc["FedAvg (student weights, float32)", "kb_per_client_round"] > 0
-    assert len(list((root / "flower-runs").glob("fedavg-a0.5-s0-*"))) == 1  # reused
-    assert "## Target (measured)" in (comm / "comm.md").read_text()
+        secagg, plain = rows.loc["FD, SecAgg+ (fixed-point)"], rows.loc["FD, plain float32"]
+        assert secagg["accuracy"] == quality_rows.loc["FD fedmd", "accuracy"]
+        assert secagg["kb_per_client_round"] > plain["kb_per_client_round"] > 0
+        assert rows.loc["FedAvg (student weights, float32)", "kb_per_client_round"] > 0
+        assert len(list((root / "flower-runs").glob("fedavg-a0.5-s0-*"))) == 1  # reused
+        assert "## Target (measured)" in (comm / "comm.md").read_text()
 
 
 def test_temperature_reports_each_temperature(root: Path) -> None:

@@ -148,35 +148,40 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClusterResul
     return result, workdir
 
 
-def test_two_rounds_complete_over_tls_with_authenticated_supernodes(
-    deployed_run: tuple[ClusterResult, Path],
-) -> None:
-    result, _ = deployed_run
-    metrics = pd.read_csv(result.out_dir / "metrics.csv")
-    summary = json.loads((result.out_dir / "summary.json").read_text())
+class TestDeployedRun:
+    """One TLS deployment, asserted three ways (one xdist scope: see conftest.py)."""
 
-    assert summary["rounds_completed"] == 2
-    assert list(metrics["status"]) == ["ok", "ok"]
-    assert list(metrics["clients"]) == [3, 3]  # the honest nodes only
-    assert summary["student_accuracy"] > CHANCE + 0.1
+    def test_two_rounds_complete_over_tls_with_authenticated_supernodes(
+        self,
+        deployed_run: tuple[ClusterResult, Path],
+    ) -> None:
+        result, _ = deployed_run
+        metrics = pd.read_csv(result.out_dir / "metrics.csv")
+        summary = json.loads((result.out_dir / "summary.json").read_text())
 
+        assert summary["rounds_completed"] == 2
+        assert list(metrics["status"]) == ["ok", "ok"]
+        assert list(metrics["clients"]) == [3, 3]  # the honest nodes only
+        assert summary["student_accuracy"] > CHANCE + 0.1
 
-def test_node_with_a_different_public_set_refuses_to_take_part(
-    deployed_run: tuple[ClusterResult, Path],
-) -> None:
-    result, _ = deployed_run
-    tampered_log = (result.logs_dir / "supernode-3.log").read_text()
-    run_log = (result.logs_dir / "flwr-run.log").read_text()
+    def test_node_with_a_different_public_set_refuses_to_take_part(
+        self,
+        deployed_run: tuple[ClusterResult, Path],
+    ) -> None:
+        result, _ = deployed_run
+        tampered_log = (result.logs_dir / "supernode-3.log").read_text()
+        run_log = (result.logs_dir / "flwr-run.log").read_text()
 
-    assert "PublicSetMismatch" in tampered_log or "public-set hash mismatch" in tampered_log
-    assert "refused to describe itself" in run_log
-    assert "public-set hash mismatch" in run_log
+        assert "PublicSetMismatch" in tampered_log or "public-set hash mismatch" in tampered_log
+        assert "refused to describe itself" in run_log
+        assert "public-set hash mismatch" in run_log
 
+    def test_no_process_outlives_the_deployed_run(
+        self, deployed_run: tuple[ClusterResult, Path]
+    ) -> None:
+        _, workdir = deployed_run
 
-def test_no_process_outlives_the_deployed_run(deployed_run: tuple[ClusterResult, Path]) -> None:
-    _, workdir = deployed_run
-
-    assert _leftover_processes(workdir) == []
+        assert _leftover_processes(workdir) == []
 
 
 # --- refusals ----------------------------------------------------------------------------------

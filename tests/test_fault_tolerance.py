@@ -60,35 +60,40 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv")
 
 
-def test_malformed_replies_are_left_out_with_their_reason(faulty_run: pd.DataFrame) -> None:
-    first = faulty_run.iloc[0]
-    assert first["status"] == "ok"
-    assert first["clients"] == 2
-    assert first["clients_failed"] == 7
-    failures = first["failures"]
-    for partition, reason in {
-        2: "NaN or Inf",
-        3: "shape (",
-        4: "rows do not sum to 1",
-        5: "injected crash",
-        6: "dtype float64",
-        7: "values outside [0, 1]",
-        8: "public-set hash",
-    }.items():
-        assert f"partition-{partition}: " in failures
-        entry = failures.split(f"partition-{partition}: ")[1].split(";")[0]
-        assert reason in entry, (partition, entry)
+class TestMalformedReplies:
+    """One simulation, a faulty client per kind of bad reply (one xdist scope: see conftest.py)."""
 
+    def test_malformed_replies_are_left_out_with_their_reason(
+        self, faulty_run: pd.DataFrame
+    ) -> None:
+        first = faulty_run.iloc[0]
+        assert first["status"] == "ok"
+        assert first["clients"] == 2
+        assert first["clients_failed"] == 7
+        failures = first["failures"]
+        for partition, reason in {
+            2: "NaN or Inf",
+            3: "shape (",
+            4: "rows do not sum to 1",
+            5: "injected crash",
+            6: "dtype float64",
+            7: "values outside [0, 1]",
+            8: "public-set hash",
+        }.items():
+            assert f"partition-{partition}: " in failures
+            entry = failures.split(f"partition-{partition}: ")[1].split(";")[0]
+            assert reason in entry, (partition, entry)
 
-def test_round_below_minimum_is_skipped_and_the_next_round_proceeds(
-    faulty_run: pd.DataFrame,
-) -> None:
-    second, third = faulty_run.iloc[1], faulty_run.iloc[2]
-    assert second["status"].startswith("failed:")
-    assert "1 valid contributions < min_clients=2" in second["status"]
-    assert pd.isna(second["student_accuracy"])
-    assert third["status"] == "ok"
-    assert third["clients"] == 9
+    def test_round_below_minimum_is_skipped_and_the_next_round_proceeds(
+        self,
+        faulty_run: pd.DataFrame,
+    ) -> None:
+        second, third = faulty_run.iloc[1], faulty_run.iloc[2]
+        assert second["status"].startswith("failed:")
+        assert "1 valid contributions < min_clients=2" in second["status"]
+        assert pd.isna(second["student_accuracy"])
+        assert third["status"] == "ok"
+        assert third["clients"] == 9
 
 
 def _wait_for_rows(metrics: Path, rows: int, timeout: float) -> None:

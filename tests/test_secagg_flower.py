@@ -92,20 +92,25 @@ def smoke_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, pd.Dat
     return {secagg: _smoke_run(config) for secagg, config in configs.items()}
 
 
-def test_smoke_student_is_the_same_with_and_without_secagg(
-    smoke_metrics: dict[bool, pd.DataFrame],
-) -> None:
-    secure, plain = smoke_metrics[True], smoke_metrics[False]
+class TestSmoke:
+    """The smoke pair, secagg on and off (one xdist scope: see conftest.py)."""
 
-    assert list(secure["status"]) == ["ok"] * len(secure)
-    assert len(secure) == len(plain)
-    for column in EXACT_COLUMNS:
-        assert list(secure[column]) == list(plain[column]), column
-    differences = {
-        column: float(np.max(np.abs(secure[column] - plain[column]))) for column in STUDENT_COLUMNS
-    }
-    print(f"smoke secagg on vs off, max abs difference per column: {differences}")
-    assert max(differences.values()) <= STUDENT_TOLERANCE, differences
+    def test_smoke_student_is_the_same_with_and_without_secagg(
+        self,
+        smoke_metrics: dict[bool, pd.DataFrame],
+    ) -> None:
+        secure, plain = smoke_metrics[True], smoke_metrics[False]
+
+        assert list(secure["status"]) == ["ok"] * len(secure)
+        assert len(secure) == len(plain)
+        for column in EXACT_COLUMNS:
+            assert list(secure[column]) == list(plain[column]), column
+        differences = {
+            column: float(np.max(np.abs(secure[column] - plain[column])))
+            for column in STUDENT_COLUMNS
+        }
+        print(f"smoke secagg on vs off, max abs difference per column: {differences}")
+        assert max(differences.values()) <= STUDENT_TOLERANCE, differences
 
 
 # --- dropouts: bench clients with known payloads, failures injected per stage -------------------
