@@ -59,10 +59,11 @@ class Contribution:
         return np.concatenate([(rows[:, None] * probs).ravel(), rows])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The plain-mode payload: `probs` (Q, K) float32 and, with them, `row_weights` (Q,)."""
+        """The plain-mode payload: `probs` (Q, K) float32 and, with them, `row_weights` (Q,)
+        float64 (Q values only, so they keep the precision the secure sum gives them)."""
         if self.row_weights is None:
             return {"probs": self.probs}
-        return {"probs": self.probs, "row_weights": np.asarray(self.row_weights, np.float32)}
+        return {"probs": self.probs, "row_weights": np.asarray(self.row_weights, np.float64)}
 
 
 def summed_length(n_query: int, num_classes: int, per_row_weights: bool) -> int:
