@@ -236,7 +236,9 @@ def _write(
         part = summary[summary["alpha"] == alpha]
         spread = rows[(rows["alpha"] == alpha) & (rows["method"] == LOCAL)]
         table = [_table_row(entry, spread, rows) for _, entry in part.iterrows()]
-        sections.append(f"## Dirichlet α = {alpha}\n\n" + report.markdown_table(table, COLUMNS))
+        sections.append(
+            f"## {_setting(bench.config, alpha)}\n\n" + report.markdown_table(table, COLUMNS)
+        )
         sections.append(_plot_rounds(bench, curves[curves["alpha"] == alpha], alpha))
     sections.append(_tuning_section(tuning))
     sections.append(_checks(summary))
@@ -269,6 +271,16 @@ NOTES = (
     "training uses client_threads torch threads. With engine=inprocess, FD and FedAvg run "
     "without Flower (same computation; upload not measured, wall = compute only)."
 )
+
+
+def _setting(config: RunConfig, alpha: float) -> str:
+    """A table's heading: the partition (and a shifted public set) it was measured on."""
+    partition = {
+        "dirichlet": f"Dirichlet α = {alpha}",
+        "pathological": f"pathological, {config.classes_per_client} classes per client",
+        "iid": "IID",
+    }[config.partitioner]
+    return partition + (f", public_shift = {config.public_shift}" if config.public_shift else "")
 
 
 def _table_row(entry: pd.Series, spread: pd.DataFrame, rows: pd.DataFrame) -> dict[str, str]:
