@@ -33,7 +33,7 @@ def test_smallest_setting_writes_one_table_and_plot_per_claim(tmp_path):
     for name in CLAIM_FILES:
         assert len(pd.read_csv(out / f"principles_{name}.csv")) > 0, name
     for name in PLOTS:
-        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (out / f"principles_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = (out / "principles.md").read_text()
     assert [line for line in text.splitlines() if line.startswith("## ")] == [
         f"## {title}" for title, _ in principles.CLAIMS.values()

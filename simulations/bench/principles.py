@@ -311,7 +311,7 @@ def _write_compression(bench: Bench, frame: pd.DataFrame) -> str:
             )
         axes[column].set(xscale="log", xlabel="distillation temperature T", ylabel=label)
         axes[column].legend(fontsize=7)
-    _save(figure, bench, "compression.png")
+    _save(figure, bench, "principles_compression.png")
     best = kd.loc[kd["accuracy_mean"].idxmax()]
     lines = [
         f"Teacher and student: {bench.knobs['teacher']} → {bench.knobs['student']} "
@@ -324,7 +324,7 @@ def _write_compression(bench: Bench, frame: pd.DataFrame) -> str:
         f"{best['accuracy_mean']:.3f} against {hard.iloc[0]['accuracy_mean']:.3f} with hard "
         f"labels ({(best['accuracy_mean'] - hard.iloc[0]['accuracy_mean']) * 100:+.1f} points); "
         f"ECE {best['ece_mean']:.3f} against {hard.iloc[0]['ece_mean']:.3f}.",
-        "![compression](compression.png)",
+        "![compression](principles_compression.png)",
     ]
     return "\n\n".join(lines)
 
@@ -408,7 +408,7 @@ def _write_gradients(bench: Bench, frame: pd.DataFrame) -> str:
             ylabel=label,
         )
         axes[column].legend(fontsize=7)
-    _save(figure, bench, "gradients.png")
+    _save(figure, bench, "principles_gradients.png")
     spread = {
         variant: summary[f"logit_grad_{variant}_mean"].max()
         / summary[f"logit_grad_{variant}_mean"].min()
@@ -422,7 +422,7 @@ def _write_gradients(bench: Bench, frame: pd.DataFrame) -> str:
             report.markdown_table(table, tuple(table[0])),
             f"Measured over T = {t.min():g}…{t.max():g}: the T²-scaled logit gradient varies by "
             f"×{spread['t2']:.2f} (max/min), the unscaled one by ×{spread['plain']:.0f}.",
-            "![gradients](gradients.png)",
+            "![gradients](principles_gradients.png)",
         ]
     )
 
@@ -541,7 +541,7 @@ def _write_curvature(bench: Bench, frame: pd.DataFrame) -> str:
             ylabel=label,
         )
         axes[column].legend(fontsize=7)
-    _save(figure, bench, "curvature.png")
+    _save(figure, bench, "principles_curvature.png")
     last = summary.iloc[-1]
     return "\n\n".join(
         [
@@ -556,7 +556,7 @@ def _write_curvature(bench: Bench, frame: pd.DataFrame) -> str:
             f"λmax ×{last['param_top_t2_mean'] / summary['param_top_t2_mean'].iloc[0]:.2f} with "
             f"T² and ×{last['param_top_plain_mean'] / summary['param_top_plain_mean'].iloc[0]:.4f}"
             f" without (1/T² would be ×{(t.iloc[0] / last['temperature']) ** 2:.4f}).",
-            "![curvature](curvature.png)",
+            "![curvature](principles_curvature.png)",
         ]
     )
 
@@ -625,7 +625,7 @@ def _write_ce_kl(bench: Bench, frame: pd.DataFrame) -> str:
     axes[0].plot(t, summary["t2_entropy_mean"], ls=":", color="gray", label="T²·H(p_t)")
     axes[0].set(xscale="log", yscale="log", xlabel="temperature T", ylabel="loss (probe mean)")
     axes[0].legend(fontsize=7)
-    _save(figure, bench, "ce_kl.png")
+    _save(figure, bench, "principles_ce_kl.png")
     return "\n\n".join(
         [
             "Both losses on the same probe batch in float64; the error columns are the worst over "
@@ -634,7 +634,7 @@ def _write_ce_kl(bench: Bench, frame: pd.DataFrame) -> str:
             f"Measured: the gradients differ by at most {frame['logit_grad_max_diff'].max():.1e} "
             f"(logits) and {frame['param_grad_max_rel_diff'].max():.1e} relative (parameters); "
             f"CE − KL matches T²·H(p_t) to {frame['gap_error'].max():.1e}.",
-            "![CE vs KL](ce_kl.png)",
+            "![CE vs KL](principles_ce_kl.png)",
         ]
     )
 
@@ -760,7 +760,7 @@ def _write_calibration(bench: Bench, frame: pd.DataFrame) -> str:
         axes[column].plot([low, high], [low, high], ls="--", color="k", lw=0.8)
         axes[column].set(xlabel=f"teacher {label}", ylabel=f"student {label}")
     axes[0].legend(fontsize=6)
-    _save(figure, bench, "calibration.png")
+    _save(figure, bench, "principles_calibration.png")
     return "\n\n".join(
         [
             f"Students distilled at T = {bench.knobs['kd_temperature']:g} from the seed's teacher "
@@ -774,7 +774,7 @@ def _write_calibration(bench: Bench, frame: pd.DataFrame) -> str:
             f"signed miscalibration {signed_r:.2f} ({len(frame)} teacher–student pairs); mean "
             f"|student ECE − teacher ECE| {early_gap:.3f} after a quarter of the epochs, "
             f"{full_gap:.3f} after all.",
-            "![calibration inheritance](calibration.png)",
+            "![calibration inheritance](principles_calibration.png)",
         ]
     )
 
@@ -949,7 +949,7 @@ def _write_features(bench: Bench, frame: pd.DataFrame) -> str:
         axes[column].invert_yaxis()
     low = summary["accuracy_mean"].min() - 3 * summary["accuracy_std"].fillna(0).max() - 0.01
     axes[0].set_xlim(left=max(0.0, low))
-    _save(figure, bench, "features.png")
+    _save(figure, bench, "principles_features.png")
     deltas = ", ".join(
         f"{name}: {delta * 100:+.1f}"
         for name, delta in paired.items()
@@ -966,7 +966,7 @@ def _write_features(bench: Bench, frame: pd.DataFrame) -> str:
             "softened test outputs reproduce the teacher's pairwise distances and angles.",
             report.markdown_table(table, tuple(table[0])),
             f"Measured accuracy change against KD only, paired by seed (points): {deltas}.",
-            "![hints and RKD](features.png)",
+            "![hints and RKD](principles_features.png)",
         ]
     )
 
