@@ -30,6 +30,8 @@ from common.config import RunConfig
 from common.data import load_splits
 from common.metrics import accuracy, nll
 from common.models import build_model
+from common.secagg.encoding import choose_modulus_bits
+from common.secagg.packing import packed_size
 from common.training import predict_probs
 from simulations.cli import load_named_config, main
 
@@ -41,13 +43,27 @@ METRICS_COLUMNS = [
     "student_nll",
     "student_ece",
     "ensemble_public_accuracy",
+    "ensemble_public_ece",
+    "ensemble_public_ece_t1",
+    "student_ece_ts",
+    "student_ts_temperature",
+    "rows_kept",
+    "rows_low_weight",
+    "rows_ambiguous",
     "clients",
     "bytes_up",
     "bytes_down",
     "seconds",
 ]
 SUMMARY_KEYS = ["student_accuracy", "student_nll", "student_ece", "rounds", "wall_seconds"]
-RUN_FILES = ["config.json", "metrics.csv", "summary.json", "student.pt", "accuracy.png"]
+RUN_FILES = [
+    "config.json",
+    "metrics.csv",
+    "summary.json",
+    "student.pt",
+    "accuracy.png",
+    "reliability.png",
+]
 FLOWER_PROCESSES = (
     "flower-superlink|flower-superexec|flwr-simulation|flwr-serverapp|flwr-clientapp|ray::"
 )
@@ -190,10 +206,13 @@ def test_smoke_metrics_have_one_ok_row_per_round_with_all_columns(smoke):
 
 
 def test_smoke_bytes_up_carry_at_least_the_three_soft_label_matrices(smoke, root):
-    # Each client's report holds a (Q, K) matrix, Q = the whole public set, of at least 4 bytes
-    # per entry whether it is sent as float32 or masked and fixed-point encoded (secagg).
-    splits = load_splits(RunConfig.from_mapping(_smoke_values(root)))
-    soft_labels_bytes = 3 * len(splits.public_x) * splits.num_classes * 4
+    # Each client's report holds a (Q, K) matrix and its weight, Q = the whole public set, masked
+    # and packed at m bits per value (secagg on in the smoke config: m = 27 for 3 clients).
+    config = RunConfig.from_mapping(_smoke_values(root))
+    splits = load_splits(config)
+    modulus_bits = choose_modulus_bits(3, 1.0, config.secagg_frac_bits)
+    values = len(splits.public_x) * splits.num_classes + 1
+    soft_labels_bytes = 3 * packed_size(values, modulus_bits)
 
     bytes_up = smoke.metrics()["bytes_up"]
 
