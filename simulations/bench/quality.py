@@ -380,7 +380,11 @@ def _checks(summary: pd.DataFrame, config: RunConfig) -> str:
             )
         if dirichlet and alpha == 0.1:
             lines.append(f"  - ≥ 0.85: {verdict(accuracy >= 0.85)}.")
-            lines.append(f"  - ahead of tuned FedAvg ({fedavg:.3f}): {verdict(accuracy > fedavg)}.")
+            fedprox = mean(alpha, FEDPROX)
+            lines.append(
+                f"  - ahead of tuned FedAvg ({fedavg:.3f}) and FedProx ({fedprox:.3f}): "
+                f"{verdict(accuracy > max(fedavg, fedprox))}."
+            )
         lines.append(
             f"  - ECE {ece:.3f} not above the hard-label student's {hard_ece:.3f}: "
             f"{verdict(ece <= hard_ece)}."
