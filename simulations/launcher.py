@@ -22,6 +22,8 @@ from simulations.processes import (
     kill_tree,
     owned_processes,
     start_process,
+    stop_process,
+    wait_for_log_line,
     wait_for_port,
     with_scripts_on_path,
 )
@@ -106,33 +108,11 @@ def simulate(
     resources = resources or default_resources(config)
     with tempfile.TemporaryDirectory(prefix="feddistill-flwr-") as home, owned_processes() as procs:
         home_path = Path(home)
-        port = free_port()  # one HTTP port serves the Control, Fleet and Runtime APIs
         env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": home}
-        (home_path / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-        )
         run_config_path = home_path / "run_config.toml"
         run_config_path.write_text(run_config_toml(config))
         stop_stale_superlink(out_dir)
-        superlink = start_process(
-            [
-                console_script("flower-superlink"),
-                "--insecure",
-                "--simulation",
-                "--isolation=subprocess",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                f"--health-server-address=127.0.0.1:{free_port()}",
-                f"--database={home_path / 'state.db'}",
-                "--disable-runtime-dependency-installation",
-            ],
-            out_dir / "superlink.log",
-            env=with_scripts_on_path(env),
-        )
-        procs.append(superlink)
-        (out_dir / PID_FILE).write_text(str(superlink.pid))
-        wait_for_port("127.0.0.1", port, timeout=60, process=superlink)
+        _start_superlink(home_path, out_dir, env, procs)
         command = [
             console_script("flwr"),
             "run",
@@ -157,6 +137,56 @@ def simulate(
             f"see {out_dir / 'superlink.log'} and the log above"
         )
     return out_dir
+
+
+SUPERLINK_READY = "Uvicorn running on"  # logged once the SuperLink's port is bound, by it
+START_ATTEMPTS = 3
+
+
+def _start_superlink(home: Path, out_dir: Path, env: dict[str, str], procs: list) -> int:
+    """Start a private simulation SuperLink on free ports and point `home`'s config at it.
+
+    A port picked by `free_port` is only free a moment: on a busy machine (Ray, other runs)
+    another process may bind it first, and the SuperLink then exits with "address already in
+    use" while the squatter answers on the port. So readiness is the SuperLink's own log line,
+    and a SuperLink that exits before it is restarted on new ports. Returns the port.
+    """
+    log_path = out_dir / "superlink.log"
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()  # one HTTP port serves the Control, Fleet and Runtime APIs
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
+        superlink = start_process(
+            [
+                console_script("flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation=subprocess",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--health-server-address=127.0.0.1:{free_port()}",
+                f"--database={home / f'state-{attempt}.db'}",
+                "--disable-runtime-dependency-installation",
+            ],
+            log_path,
+            env=with_scripts_on_path(env),
+        )
+        procs.append(superlink)
+        (out_dir / PID_FILE).write_text(str(superlink.pid))
+        try:
+            wait_for_log_line(log_path, SUPERLINK_READY, log_offset, timeout=60, process=superlink)
+        except RuntimeError:
+            if attempt == START_ATTEMPTS:
+                raise
+            stop_process(superlink)  # whatever it started in its group goes with it
+            procs.remove(superlink)
+            continue  # it exited, most likely on a port taken since it was picked
+        wait_for_port("127.0.0.1", port, timeout=60, process=superlink)
+        return port
+    raise AssertionError("unreachable")
 
 
 def stop_stale_superlink(out_dir: Path) -> None:

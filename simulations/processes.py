@@ -32,6 +32,22 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
 
 
+def wait_for_log_line(
+    path: Path, text: str, offset: int, timeout: float, process: subprocess.Popen
+) -> None:
+    """Block until `text` appears in `path` after byte `offset`; RuntimeError if `process`
+    exits first, TimeoutError after `timeout` seconds."""
+    needle = text.encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_bytes()[offset:]:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{text!r} did not appear in {path} within {timeout:.0f}s")
+
+
 def start_process(
     command: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:

@@ -152,7 +152,8 @@ class TestQualityAndComm:
 
         secagg, plain = rows.loc["FD, SecAgg+ (fixed-point)"], rows.loc["FD, plain float32"]
         assert secagg["accuracy"] == quality_rows.loc["FD fedmd", "accuracy"]
-        assert secagg["kb_per_client_round"] > plain["kb_per_client_round"] > 0
+        # Masked words travel packed at m = 27 bits for 3 clients, fewer than plain float32's 32.
+        assert 0 < secagg["kb_per_client_round"] < plain["kb_per_client_round"]
         assert rows.loc["FedAvg (student weights, float32)", "kb_per_client_round"] > 0
         assert len(list((root / "flower-runs").glob("fedavg-a0.5-s0-*"))) == 1  # reused
         assert "## Target (measured)" in (comm / "comm.md").read_text()
