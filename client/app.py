@@ -8,11 +8,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data_source import load_private_data, node_run_config
+from client.placement import record_placement
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from client.teacher import RoundInput, new_teacher, run_local_round
 from client.teacher_store import TeacherStore
 from common.config import RunConfig
 from common.data import load_splits, public_hash
+from common.label_coding import decode_counts, decode_indices, encode_counts
 from common.logs import get_logger
 from common.protocol import (
     ARRAYS_RECORD,
@@ -20,13 +22,15 @@ from common.protocol import (
     METRICS_RECORD,
     NODE_RECORD,
     ROUND_RECORD,
+    Contribution,
     arrays_to_record,
     record_to_arrays,
 )
+from common.quantise import dequantise, quantise_contribution, rounding_generator
 from common.training import resolve_device
 
 log = get_logger(__name__)
-app = ClientApp()
+app = ClientApp(mods=[record_placement])
 
 
 class PublicSetMismatch(ValueError):
@@ -67,7 +71,7 @@ def train(msg: Message, context: Context) -> Message:
     private = load_private_data(config, context.node_config)
     device = resolve_device(config.device)
 
-    request = _round_input(msg)
+    request = _round_input(msg, config, len(splits.public_x), splits.num_classes)
     store = TeacherStore.for_node(context, config, private.label)
     teacher = new_teacher(config, splits, private.index)
     saved = store.load(request.round)
@@ -77,19 +81,35 @@ def train(msg: Message, context: Context) -> Message:
         teacher, config, splits, private, request, device, fresh=saved is None
     )
     store.save(request.round, teacher.cpu().state_dict())
+    contribution, counts = quantise_contribution(
+        contribution,
+        config.label_bits,
+        rounding_generator(config.seed, request.round, private.index),
+    )
 
     if bool(round_config.get("secagg", False)):
         return start_secure_round(msg, context, config, contribution)
+    reply = plain_reply(msg, contribution, counts, config.label_bits, public_hash(splits.public_x))
+    if config.send_client_metrics or not config.secagg:
+        reply.content[METRICS_RECORD] = MetricRecord(metrics)
+    return reply
+
+
+def plain_reply(
+    msg: Message, contribution: Contribution, counts: np.ndarray, label_bits: int, digest: str
+) -> Message:
+    """The reply of plain aggregation: counts (Q, K) at `label_bits`, LZMA-coded, and the weight."""
+    per_row = contribution.row_weights is not None
     content = RecordDict(
         {
-            CONTRIBUTION_RECORD: arrays_to_record(contribution.arrays()),
+            CONTRIBUTION_RECORD: arrays_to_record(
+                {"counts": encode_counts(counts, label_bits, per_row)}
+            ),
             ROUND_RECORD: ConfigRecord(
-                {"weight": contribution.weight, "public_hash": public_hash(splits.public_x)}
+                {"weight": contribution.weight, "public_hash": digest, "label_bits": label_bits}
             ),
         }
     )
-    if config.send_client_metrics or not config.secagg:
-        content[METRICS_RECORD] = MetricRecord(metrics)
     return Message(content, reply_to=msg)
 
 
@@ -111,12 +131,25 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     return continue_secure_round(msg, context, _run_config(context), "unmask")
 
 
-def _round_input(msg: Message) -> RoundInput:
+def _round_input(msg: Message, config: RunConfig, n_public: int, num_classes: int) -> RoundInput:
+    """Decode the `train` request: query indices, and the previous ensemble at `label_bits`."""
+    label_bits = int(msg.content[ROUND_RECORD]["label_bits"])
+    if label_bits != config.label_bits:
+        raise ValueError(
+            f"the server sends label_bits={label_bits}, this node is configured with "
+            f"{config.label_bits}; refusing a round whose soft labels it would misread"
+        )
     arrays = record_to_arrays(msg.content[ARRAYS_RECORD])
-    has_digest = "digest_probs" in arrays
+    digest_indices = digest_probs = None
+    if "digest_counts" in arrays:
+        digest_indices = decode_indices(arrays["digest_mask"], n_public)
+        counts = decode_counts(
+            arrays["digest_counts"], label_bits, False, (len(digest_indices), num_classes)
+        )
+        digest_probs = dequantise(counts, label_bits, 1.0, False).probs.astype(np.float32)
     return RoundInput(
         round=int(msg.content[ROUND_RECORD]["round"]),
-        query_indices=arrays["query_indices"].astype(np.int64),
-        digest_indices=arrays["digest_indices"].astype(np.int64) if has_digest else None,
-        digest_probs=arrays["digest_probs"].astype(np.float32) if has_digest else None,
+        query_indices=decode_indices(arrays["query_mask"], n_public),
+        digest_indices=digest_indices,
+        digest_probs=digest_probs,
     )

@@ -1,10 +1,13 @@
 """Names and payload layouts shared by the ServerApp and the ClientApp (the wire contract).
 
 One round, plain aggregation: the server sends `train` with a `round` ConfigRecord (round number,
-public-set hash, secagg flag) and an `arrays` ArrayRecord (`query_indices` (Q,) int64, optional
-`digest_probs` (Q', K) float32 with `digest_indices` (Q',) int64); the client answers with a
-`contribution` ArrayRecord (`probs` (Q, K) float32) and a `contribution` ConfigRecord (`weight`).
-Under secure aggregation the same `train` message starts the protocol; see `server.secure`.
+public-set hash, secagg flag, cohort size, `label_bits`) and an `arrays` ArrayRecord
+(`query_mask`: the queried public indices as a bitmask, and optionally `digest_mask` with
+`digest_counts`, the previous ensemble quantised at `label_bits` and LZMA-coded; see
+`common.label_coding`); the client answers with a `contribution` ArrayRecord (`counts`: its
+quantised soft labels, LZMA-coded) and a `round` ConfigRecord (`weight`, `public_hash`,
+`label_bits`). Under secure aggregation the same `train` message starts the protocol; see
+`server.secure_aggregator`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class Contribution:
 
     Attributes
     ----------
-    probs : (Q, K) float32 temperature-softened probabilities on the queried public samples.
+    probs : (Q, K) temperature-softened probabilities on the queried public samples (float32
+        from the teacher, float64 once quantised at `label_bits`; see `common.quantise`).
     weight : the client's ensemble weight (1.0 for the uniform rule, its private sample count
         for the weighted rule).
     row_weights : (Q,) per-row weights r_j in [0, 1] (0 = abstain on that row) for methods with
@@ -57,13 +61,6 @@ class Contribution:
             return np.concatenate([probs.ravel() * self.weight, [self.weight]])
         rows = self.weight * np.asarray(self.row_weights, dtype=np.float64)  # (Q,)
         return np.concatenate([(rows[:, None] * probs).ravel(), rows])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The plain-mode payload: `probs` (Q, K) float32 and, with them, `row_weights` (Q,)
-        float64 (Q values only, so they keep the precision the secure sum gives them)."""
-        if self.row_weights is None:
-            return {"probs": self.probs}
-        return {"probs": self.probs, "row_weights": np.asarray(self.row_weights, np.float64)}
 
 
 def summed_length(n_query: int, num_classes: int, per_row_weights: bool) -> int:

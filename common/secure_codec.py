@@ -24,7 +24,7 @@ def client_policy(config: RunConfig) -> SecAggParams:
     return SecAggParams(
         neighbours=config.secagg_neighbours,
         threshold=config.secagg_threshold,
-        frac_bits=config.secagg_frac_bits,
+        frac_bits=config.label_bits,
         min_cohort=config.secagg_min_cohort,
     )
 

@@ -12,24 +12,28 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from common.label_coding import decode_counts, encode_counts, encode_indices
 from common.logs import get_logger
 from common.protocol import (
     ARRAYS_RECORD,
     CONTRIBUTION_RECORD,
+    METRICS_RECORD,
     MSG_TRAIN,
     ROUND_RECORD,
+    Contribution,
     arrays_to_record,
     payload_bytes,
     record_to_arrays,
+    split_weighted_vector,
+    summed_length,
 )
+from common.quantise import dequantise
 from server.cohort import NodeInfo
 
 log = get_logger(__name__)
-
-ROW_SUM_TOLERANCE = 1e-3
 
 
 class RoundFailed(RuntimeError):
@@ -44,44 +48,61 @@ class RoundPlan:
     ----------
     round : 1-based round number.
     cohort : sampled nodes in stable order.
-    query_indices : (Q,) int64 public indices to predict on.
+    query_indices : (Q,) sorted int64 public indices to predict on.
+    n_public : N, the size of the public set (the index bitmasks cover it).
     num_classes : K.
+    label_bits : b, the width of soft labels on the wire (both directions).
     public_hash : SHA-256 of the public inputs (clients refuse a mismatch).
     min_clients : fewest contributions that make a valid aggregate.
     timeout : seconds to wait for each stage's replies.
-    digest_indices, digest_probs : previous ensemble (Q',), (Q', K) for the digest step, or None.
+    digest_indices, digest_counts : the previous ensemble for the digest step, (Q',) sorted
+        indices and (Q', K) int64 counts at b bits, or None.
     per_row_weights : whether contributions carry a weight per queried row (the method's).
     """
 
     round: int
     cohort: list[NodeInfo]
     query_indices: np.ndarray
+    n_public: int
     num_classes: int
+    label_bits: int
     public_hash: str
     min_clients: int
     timeout: float
     digest_indices: np.ndarray | None = None
-    digest_probs: np.ndarray | None = None
+    digest_counts: np.ndarray | None = None
     per_row_weights: bool = False
+    _coded: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def train_message(self, node_id: int, extra: dict[str, object] | None = None) -> Message:
-        """The `train` message for one node; `extra` adds round-config fields (e.g. secagg)."""
-        arrays = {"query_indices": self.query_indices}
-        if self.digest_probs is not None and self.digest_indices is not None:
-            arrays["digest_indices"] = self.digest_indices
-            arrays["digest_probs"] = self.digest_probs.astype(np.float32)
+        """The `train` message for one node; `extra` adds round-config fields (e.g. secagg).
+
+        Every node gets the same arrays, so they are coded once per round.
+        """
         round_config = ConfigRecord(
             {
                 "round": self.round,
                 "public_hash": self.public_hash,
                 "cohort_size": len(self.cohort),
+                "label_bits": self.label_bits,
                 **(extra or {}),
             }
         )
-        content = RecordDict({ROUND_RECORD: round_config, ARRAYS_RECORD: arrays_to_record(arrays)})
+        content = RecordDict({ROUND_RECORD: round_config, ARRAYS_RECORD: self._train_arrays()})
         return Message(
             content, dst_node_id=node_id, message_type=MSG_TRAIN, group_id=str(self.round)
         )
+
+    def _train_arrays(self) -> ArrayRecord:
+        """query_mask (⌈N/8⌉,) uint8; with a digest also digest_mask and digest_counts (LZMA)."""
+        if not self._coded:
+            self._coded["query_mask"] = encode_indices(self.query_indices, self.n_public)
+            if self.digest_counts is not None and self.digest_indices is not None:
+                self._coded["digest_mask"] = encode_indices(self.digest_indices, self.n_public)
+                self._coded["digest_counts"] = encode_counts(
+                    self.digest_counts, self.label_bits, per_row=False
+                )
+        return arrays_to_record(self._coded)
 
 
 @dataclass
@@ -117,22 +138,6 @@ class Aggregator(Protocol):
         ...
 
 
-def validate_probs(probs: np.ndarray, expected_shape: tuple[int, int]) -> str | None:
-    """Reason a reported soft-label matrix is unacceptable, or None if it is fine."""
-    if probs.shape != expected_shape:
-        return f"shape {probs.shape}, expected {expected_shape}"
-    if probs.dtype != np.float32:
-        return f"dtype {probs.dtype}, expected float32"
-    if not np.all(np.isfinite(probs)):
-        return "NaN or Inf values"
-    if probs.min() < 0.0 or probs.max() > 1.0:
-        return f"values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g})"
-    worst = float(np.abs(probs.sum(axis=1) - 1.0).max())
-    if worst > ROW_SUM_TOLERANCE:
-        return f"rows do not sum to 1 (worst deviation {worst:.3g} > {ROW_SUM_TOLERANCE})"
-    return None
-
-
 class PlainAggregator:
     """Clients send their soft labels in the clear; the server validates and sums them."""
 
@@ -145,20 +150,16 @@ class PlainAggregator:
             for reply in grid.send_and_receive(messages, timeout=plan.timeout)
         }
         expected_shape = (len(plan.query_indices), plan.num_classes)
-        weighted_sum = np.zeros(expected_shape, dtype=np.float64)
-        total_weight: float | np.ndarray = (
-            np.zeros(len(plan.query_indices)) if plan.per_row_weights else 0.0
-        )
+        total = np.zeros(summed_length(*expected_shape, plan.per_row_weights))  # (Q·K + 1 or Q,)
         contributors, failed, metrics, bytes_up = [], {}, {}, 0
         for node in plan.cohort:  # stable order: the float sum does not depend on arrival
             reply = replies.get(node.node_id)
-            reason, probs, weight = _unpack(
-                reply, expected_shape, plan.public_hash, plan.per_row_weights
-            )
             if reply is not None and not reply.has_error():
                 bytes_up += payload_bytes(reply.content)
-            if reason is not None:
-                failed[node.node_id] = reason
+            try:
+                contribution = _unpack(reply, expected_shape, plan)
+            except LeftOut as reason:
+                failed[node.node_id] = str(reason)
                 log.warning(
                     "round %d: left out %s (node %d): %s",
                     plan.round,
@@ -167,14 +168,13 @@ class PlainAggregator:
                     reason,
                 )
                 continue
-            if plan.per_row_weights:  # weight: (Q,) w_i · r_ij
-                weighted_sum += weight[:, None] * probs.astype(np.float64)
-            else:
-                weighted_sum += weight * probs.astype(np.float64)
-            total_weight = total_weight + weight
+            total += contribution.weighted_vector()
             contributors.append(node.node_id)
-            if "client_metrics" in reply.content:
-                metrics[node.node_id] = dict(reply.content["client_metrics"])
+            if METRICS_RECORD in reply.content:
+                metrics[node.node_id] = dict(reply.content[METRICS_RECORD])
+        weighted_sum, total_weight = split_weighted_vector(
+            total, plan.num_classes, plan.per_row_weights
+        )
         if len(contributors) < plan.min_clients:
             raise RoundFailed(
                 f"round {plan.round}: {len(contributors)} valid contributions < min_clients="
@@ -192,45 +192,34 @@ class PlainAggregator:
         )
 
 
-def validate_row_weights(row_weights: np.ndarray, n_query: int) -> str | None:
-    """Reason a reported per-row weight vector is unacceptable, or None if it is fine."""
-    if row_weights.shape != (n_query,):
-        return f"row_weights shape {row_weights.shape}, expected ({n_query},)"
-    if not np.all(np.isfinite(row_weights)):
-        return "row_weights hold NaN or Inf values"
-    if row_weights.min(initial=0.0) < 0.0 or row_weights.max(initial=0.0) > 1.0:
-        return (
-            f"row_weights outside [0, 1] (min {row_weights.min():.3g}, max {row_weights.max():.3g})"
-        )
-    return None
+class LeftOut(ValueError):
+    """Why one client's plain reply is not summed (recorded in the round's failures)."""
 
 
 def _unpack(
-    reply: Message | None,
-    expected_shape: tuple[int, int],
-    public_digest: str,
-    per_row_weights: bool,
-) -> tuple[str | None, np.ndarray, float | np.ndarray]:
-    """(reason or None, probs (Q, K), weight w_i, or (Q,) w_i·r_ij with per-row weights)."""
-    empty = np.empty(0)
+    reply: Message | None, expected_shape: tuple[int, int], plan: RoundPlan
+) -> Contribution:
+    """The reply's Contribution (dequantised counts, weight, row weights), or LeftOut."""
     if reply is None:
-        return "no reply before the timeout", empty, 0.0
+        raise LeftOut("no reply before the timeout")
     if reply.has_error():
-        return f"client error: {reply.error.reason}", empty, 0.0
+        raise LeftOut(f"client error: {reply.error.reason}")
     try:
-        arrays = record_to_arrays(reply.content[CONTRIBUTION_RECORD])
-        probs = arrays["probs"]
-        row_weights = arrays["row_weights"].astype(np.float64) if per_row_weights else None
-        weight = float(reply.content[ROUND_RECORD]["weight"])
-        reported_hash = str(reply.content[ROUND_RECORD]["public_hash"])
+        coded = record_to_arrays(reply.content[CONTRIBUTION_RECORD])["counts"]
+        round_record = reply.content[ROUND_RECORD]
+        weight = float(round_record["weight"])
+        reported_hash = str(round_record["public_hash"])
+        label_bits = int(round_record["label_bits"])
     except (KeyError, TypeError, ValueError) as error:
-        return f"malformed reply ({error!r})", empty, 0.0
-    if reported_hash != public_digest:
-        return f"public-set hash {reported_hash[:16]}… differs from the server's", empty, 0.0
+        raise LeftOut(f"malformed reply ({error!r})") from None
+    if reported_hash != plan.public_hash:
+        raise LeftOut(f"public-set hash {reported_hash[:16]}… differs from the server's")
+    if label_bits != plan.label_bits:
+        raise LeftOut(f"label_bits={label_bits}, expected {plan.label_bits}")
     if not np.isfinite(weight) or weight <= 0:
-        return f"weight must be finite and > 0, got {weight}", empty, 0.0
-    reason = validate_probs(probs, expected_shape)
-    if reason is None and row_weights is not None:
-        reason = validate_row_weights(row_weights, expected_shape[0])
-        return reason, probs, weight * row_weights
-    return reason, probs, weight
+        raise LeftOut(f"weight must be finite and > 0, got {weight}")
+    try:
+        counts = decode_counts(coded, plan.label_bits, plan.per_row_weights, expected_shape)
+    except ValueError as error:
+        raise LeftOut(str(error)) from None
+    return dequantise(counts, plan.label_bits, weight, plan.per_row_weights)

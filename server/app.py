@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.data import DatasetSplits, load_splits, public_hash
 from common.dp import epsilon
+from common.dp_sgd import epsilon_after_rounds
 from common.feasibility import (
     aggregation_mode,
     check_query_size,
@@ -25,9 +26,11 @@ from common.kd import at_unit_temperature
 from common.logs import get_logger
 from common.methods import Ensemble, get_method
 from common.metrics import accuracy, expected_calibration_error
+from common.quantise import digest_counts
 from common.training import resolve_device
 from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
 from server.cohort import NodeRegistry, sample_cohort
+from server.queries import choose_queries
 from server.results import RunDirectory, run_title, summarise_rounds
 from server.secure_aggregator import SecureAggregator
 from server.student import Student
@@ -89,7 +92,7 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         row: dict[str, Any] = {"round": round_number}
         try:
             plan = _plan_round(
-                grid, config, splits, registry, public_digest, round_number, previous
+                grid, config, splits, student, registry, public_digest, round_number, previous
             )
             aggregate = aggregator.collect(grid, plan)
             ensemble = method.combine(aggregate.weighted_sum, aggregate.total_weight, config)
@@ -112,6 +115,8 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         row.update(_row_counts(ensemble))
         if config.dp_noise_multiplier > 0:
             row.update(_privacy_columns(config, plan, aggregate, round_number))
+        if config.dp_mode == "record":  # every client counted in every round so far: a bound
+            row["record_epsilon"] = epsilon_after_rounds(config, round_number)
         row["seconds"] = time.perf_counter() - round_start
         _save_round(results, student, row, previous)
         log.info(
@@ -177,6 +182,7 @@ def _plan_round(
     grid: Grid,
     config: RunConfig,
     splits: DatasetSplits,
+    student: Student,
     registry: NodeRegistry,
     public_digest: str,
     round_number: int,
@@ -185,23 +191,36 @@ def _plan_round(
     nodes = registry.refresh(grid)
     cohort = sample_cohort(nodes, config.fraction, config.min_clients, config.seed, round_number)
     n_public = len(splits.public_x)
-    if config.public_query_size and config.public_query_size < n_public:
-        rng = np.random.default_rng([config.seed, round_number, 4])
-        query = np.sort(rng.choice(n_public, config.public_query_size, replace=False))
-    else:
-        query = np.arange(n_public)
+    digest = previous if config.digest_epochs else None
     return RoundPlan(
         round=round_number,
         cohort=cohort,
-        query_indices=query.astype(np.int64),
+        query_indices=choose_queries(
+            config, n_public, round_number, _student_view(config, student, splits, previous)
+        ),
+        n_public=n_public,
         num_classes=splits.num_classes,
+        label_bits=config.label_bits,
         public_hash=public_digest,
         min_clients=config.min_clients,
         timeout=config.round_timeout,
-        digest_indices=None if previous is None or not config.digest_epochs else previous[0],
-        digest_probs=None if previous is None or not config.digest_epochs else previous[1],
+        digest_indices=None if digest is None else digest[0],
+        digest_counts=None if digest is None else digest_counts(digest[1], config, round_number),
         per_row_weights=get_method(config.method).per_row_weights,
     )
+
+
+def _student_view(
+    config: RunConfig,
+    student: Student,
+    splits: DatasetSplits,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray | None:
+    """The student's (N, K) probabilities on the public set when informative query selection
+    needs them (after the first distillation), else None."""
+    if config.query_selection == "random" or not config.public_query_size or previous is None:
+        return None
+    return student.probabilities(splits.public_x)
 
 
 def _row_counts(ensemble: Ensemble) -> dict[str, int]:

@@ -18,7 +18,7 @@ from common.metrics import (
     nll,
 )
 from common.models import build_model
-from common.training import distill, predict_logits, seeded_generator
+from common.training import distill, predict_logits, predict_probs, seeded_generator
 
 
 class Student:
@@ -83,6 +83,10 @@ class Student:
         probs = soft_labels(torch.from_numpy(logits), 1.0).numpy()  # as predict_probs does
         scaled, temperatures = cross_fitted_temperature_scaling(logits, y, self.config.seed)
         return probs, scaled, temperatures
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(N, K) float32 probabilities at T = 1 on (N, ...) inputs (query selection reads them)."""
+        return predict_probs(self.model, x, 1.0, self.device)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Load model and optimizer state written by `checkpoint`."""

@@ -1,68 +1,61 @@
-"""Tests for the server's soft-label validation and seeded cohort sampling."""
+"""Tests for the server's reading of coded soft labels and seeded cohort sampling."""
 
 from __future__ import annotations
+
+import lzma
 
 import numpy as np
 import pytest
 
-from server.aggregation import ROW_SUM_TOLERANCE, validate_probs
+from common.label_coding import LZMA_FILTERS, decode_counts, encode_counts
 from server.cohort import NodeInfo, sample_cohort
 
-# --- validate_probs --------------------------------------------------------------------------
+# --- coded soft labels as the plain server reads them ----------------------------------------
 
-VALID = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], dtype=np.float32)
-
-
-def test_valid_matrix_is_accepted():
-    assert validate_probs(VALID, (2, 3)) is None
+BITS = 4
+VALID = np.array([[3, 5, 8], [16, 0, 0]])  # rows sum to 2^4
 
 
-def test_row_sum_within_tolerance_is_accepted():
-    probs = np.array([[0.2, 0.3, 0.5 + ROW_SUM_TOLERANCE / 2]], dtype=np.float32)
+def _lzma(raw: bytes) -> np.ndarray:
+    """A well-formed LZMA payload of arbitrary bytes, as a client could craft one."""
+    data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return np.frombuffer(data, dtype=np.uint8)
 
-    assert validate_probs(probs, (1, 3)) is None
 
+def test_valid_counts_round_trip():
+    coded = encode_counts(VALID, BITS, per_row=False)
 
-def _with(row: int, col: int, value: float) -> np.ndarray:
-    probs = VALID.copy()
-    probs[row, col] = value
-    return probs
+    np.testing.assert_array_equal(decode_counts(coded, BITS, False, (2, 3)), VALID)
 
 
 @pytest.mark.parametrize(
-    ("probs", "reason"),
+    ("payload", "per_row", "reason"),
     [
-        (VALID[:1], "shape (1, 3), expected (2, 3)"),
-        (VALID.T.copy(), "shape (3, 2), expected (2, 3)"),
-        (VALID.astype(np.float64), "dtype float64, expected float32"),
-        (VALID.astype(np.float16), "dtype float16, expected float32"),
-        (_with(0, 0, np.nan), "NaN or Inf values"),
-        (_with(1, 2, np.inf), "NaN or Inf values"),
-        (_with(0, 0, -np.inf), "NaN or Inf values"),
-        # Rows still sum to 1, so only the range check can catch these.
-        (np.array([[-0.5, 0.5, 1.0], [1, 0, 0]], dtype=np.float32), "values outside [0, 1]"),
-        (np.array([[1.5, -0.5, 0.0], [1, 0, 0]], dtype=np.float32), "values outside [0, 1]"),
-        (_with(0, 2, 0.4), "rows do not sum to 1 (worst deviation 0.1"),
-        (np.zeros((2, 3), dtype=np.float32), "rows do not sum to 1 (worst deviation 1"),
+        (np.frombuffer(b"not lzma at all", np.uint8), False, "coded counts do not decompress"),
+        (encode_counts(VALID[:1], BITS, False), False, "coded counts hold 2 bytes, expected 4"),
+        (_lzma(bytes(10_000)), False, "coded counts hold 5+ bytes, expected 4"),
+        (_lzma(bytes([17, 0, 3, 5])), False, "counts outside [0, 2^4] (min -1, max 17)"),
+        (_lzma(bytes([9, 9, 3, 5])), False, "counts outside [0, 2^4] (min -2, max 9)"),
+        (_lzma(bytes([9, 9, 0, 3, 5, 8])), True, "row totals above 2^4 (max 18)"),
+        (VALID.astype(np.float32).ravel().view(np.uint8), False, "coded counts hold 0 bytes"),
+        (np.array([[1, 2]], dtype=np.uint8), False, "coded counts must be 1-D uint8"),
     ],
     ids=[
-        "too-few-rows",
-        "transposed",
-        "float64",
-        "float16",
-        "nan",
-        "inf",
-        "minus-inf",
-        "negative",
-        "above-one",
-        "row-sum-0.9",
-        "zero-rows",
+        "garbage",
+        "one-row-short",
+        "inflates-beyond",
+        "count-above",
+        "row-above",
+        "per-row-total",
+        "float-bytes",
+        "2-d",
     ],
 )
-def test_invalid_matrices_are_rejected_with_the_reason(probs, reason):
-    result = validate_probs(probs, (2, 3))
+def test_malformed_coded_counts_are_refused_with_the_reason(payload, per_row, reason):
+    with pytest.raises(ValueError) as error:
+        decode_counts(payload, BITS, per_row, (2, 3))
 
-    assert result is not None and result.startswith(reason), result
+    assert str(error.value).startswith(reason), str(error.value)
 
 
 # --- sample_cohort ---------------------------------------------------------------------------

@@ -294,10 +294,10 @@ IMPOSSIBLE = [
         "public_query_size=33 exceeds the 32 public samples; allowed: 0 (= all) to 32",
     ),
     (
-        ["ensemble=weighted", "secagg_frac_bits=40"],
-        f"SecAgg+ is impossible for {COHORT_10}: a sum of 10 values with |x| <= 1000000.0 at "
-        "frac_bits=40 reaches 10995116277760000000 in magnitude and needs 65 bits, more than the "
-        "64-bit word; lower frac_bits or value_bound",
+        ["ensemble=weighted", "secagg_weight_bound=1e12", "label_bits=24"],
+        f"SecAgg+ is impossible for {COHORT_10}: a sum of 10 values with |x| <= 1000000000000.0 "
+        "at frac_bits=24 reaches 167772160000000000000 in magnitude and needs 69 bits, more than "
+        "the 64-bit word; lower frac_bits (label_bits) or value_bound (secagg_weight_bound)",
     ),
 ]
 IMPOSSIBLE_IDS = [
@@ -394,14 +394,14 @@ def test_named_configs_are_feasible(name):
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, "SecAgg+ k=9 t=6 m=29 over a cohort of 10, DP off"),
+        ({}, "SecAgg+ k=9 t=6 m=21 over a cohort of 10, DP off"),
         (
             {"secagg": False},
             "plain aggregation (soft labels in the clear) over a cohort of 10, DP off",
         ),
         (
             {"dp_noise_multiplier": 1.0, "dp_min_clients": 8},
-            "SecAgg+ k=9 t=6 m=37 over a cohort of 10, DP on (z=1.0, δ=1e-05, n_min=8)",
+            "SecAgg+ k=9 t=6 m=29 over a cohort of 10, DP on (z=1.0, δ=1e-05, n_min=8)",
         ),
         ({"secagg_threshold": 2}, "SecAgg+ impossible for a cohort of 10 (threshold must"),
     ],
@@ -417,7 +417,7 @@ def test_planned_aggregation_names_the_cohort_num_clients_implies():
     config = RunConfig.from_mapping({"fraction": 0.5})
 
     assert describe_planned_aggregation(config, num_public=3200) == (
-        "SecAgg+ k=4 t=3 m=28 over a cohort of 5, DP off (when num_clients=10 nodes are connected)"
+        "SecAgg+ k=4 t=3 m=20 over a cohort of 5, DP off (when num_clients=10 nodes are connected)"
     )
 
 

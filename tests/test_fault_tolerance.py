@@ -73,12 +73,12 @@ class TestMalformedReplies:
         assert first["clients_failed"] == 7
         failures = first["failures"]
         for partition, reason in {
-            2: "NaN or Inf",
-            3: "shape (",
-            4: "rows do not sum to 1",
+            2: "coded counts do not decompress",
+            3: "coded counts hold 69084 bytes, expected 69120",
+            4: "counts outside [0, 2^16]",
             5: "injected crash",
-            6: "dtype float64",
-            7: "values outside [0, 1]",
+            6: "label_bits=15, expected 16",
+            7: "coded counts hold 69121+ bytes, expected 69120",
             8: "public-set hash",
         }.items():
             assert f"partition-{partition}: " in failures

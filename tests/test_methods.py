@@ -17,7 +17,6 @@ from common.methods.density import kulsif_ratio, logistic_certainty, median_widt
 from common.protocol import Contribution, split_weighted_vector, summed_length
 from common.secagg.encoding import encode
 from common.secure_codec import decode_aggregate
-from server.aggregation import validate_row_weights
 from simulations.bench.plain_loop import run_plain
 from simulations.leak.scores import abstention_class_histogram
 from tests.test_secagg_protocol import Deployment, plain_sum
@@ -238,24 +237,6 @@ def test_per_row_secure_sum_equals_the_plain_sum_with_a_dropout():
     tolerance = len(survivors) * 2.0 ** -(params.frac_bits + 1)
     np.testing.assert_allclose(weighted_sum, expected_sum, atol=tolerance)
     np.testing.assert_array_equal(totals, expected_totals)  # 0/1 weights encode exactly
-
-
-@pytest.mark.parametrize(
-    ("row_weights", "reason"),
-    [
-        (np.ones(2), "row_weights shape (2,), expected (3,)"),
-        (np.array([1.0, np.nan, 0.0]), "row_weights hold NaN or Inf values"),
-        (np.array([1.0, 1.5, 0.0]), "row_weights outside [0, 1] (min 0, max 1.5)"),
-        (np.array([-0.1, 1.0, 0.0]), "row_weights outside [0, 1] (min -0.1, max 1)"),
-    ],
-    ids=["short", "nan", "above-one", "negative"],
-)
-def test_bad_row_weights_are_refused_with_the_reason(row_weights, reason):
-    assert validate_row_weights(row_weights, 3) == reason
-
-
-def test_valid_row_weights_are_accepted():
-    assert validate_row_weights(np.array([0.0, 0.25, 1.0]), 3) is None
 
 
 # --- one smoke round per method, through the secure sum ------------------------------------

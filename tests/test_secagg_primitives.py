@@ -193,7 +193,7 @@ def test_choose_modulus_bits_is_the_smallest_safe_width() -> None:
 def test_encoding_refuses_configs_that_could_wrap_with_the_numbers() -> None:
     with pytest.raises(ValueError, match=r"1000 values with \|x\| <= 1000.0 at frac_bits=48"):
         choose_modulus_bits(1000, 1000.0, 48)
-    with pytest.raises(ValueError, match="lower frac_bits or value_bound"):
+    with pytest.raises(ValueError, match=r"lower frac_bits \(label_bits\) or value_bound"):
         SecAggParams(frac_bits=48).validate(1000, 1000.0)
 
 

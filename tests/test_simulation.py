@@ -210,7 +210,7 @@ def test_smoke_bytes_up_carry_at_least_the_three_soft_label_matrices(smoke, root
     # and packed at m bits per value (secagg on in the smoke config: m = 27 for 3 clients).
     config = RunConfig.from_mapping(_smoke_values(root))
     splits = load_splits(config)
-    modulus_bits = choose_modulus_bits(3, 1.0, config.secagg_frac_bits)
+    modulus_bits = choose_modulus_bits(3, 1.0, config.label_bits)
     values = len(splits.public_x) * splits.num_classes + 1
     soft_labels_bytes = 3 * packed_size(values, modulus_bits)
 

@@ -57,7 +57,8 @@ def choose_modulus_bits(n_clients: int, value_bound: float, frac_bits: int) -> i
         raise ValueError(
             f"a sum of {n_clients} values with |x| <= {value_bound} at frac_bits={frac_bits} "
             f"reaches {worst_sum} in magnitude and needs {bits} bits, more than the "
-            f"{WORD_BITS}-bit word; lower frac_bits or value_bound"
+            f"{WORD_BITS}-bit word; lower frac_bits (label_bits) or value_bound "
+            "(secagg_weight_bound)"
         )
     return max(bits, 2)
 

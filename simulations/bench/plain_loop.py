@@ -1,10 +1,10 @@
 """Federated distillation as a plain single-process loop: the same compute without Flower.
 
 Every round does what the simulation does, with the same functions and seeds: sample the cohort
-(`sample_cohort`), pick the public query, run each client's `run_local_round` on its partition
-(with `client_threads` torch threads, as a ClientApp does), add DP noise shares, sum the soft
-labels (through the same SecAgg+ protocol objects when `secagg` is on, in memory instead of
-over messages), form the ensemble, distil and evaluate the `Student` (with `server_threads`, as
+(`sample_cohort`), pick the public query (`choose_queries`), send the digest at `label_bits`, run
+each client's `run_local_round` on its partition (with `client_threads` torch threads, as a
+ClientApp does), quantise its report, add DP noise shares, sum the soft labels (through the
+same SecAgg+ protocol objects when `secagg` is on, in memory instead of over messages), form the ensemble, distil and evaluate the `Student` (with `server_threads`, as
 the ServerApp does). The difference to the simulation is the framework: messages,
 serialisation, actors, state persistence.
 """
@@ -25,6 +25,7 @@ from common.data import DatasetSplits
 from common.methods import get_method
 from common.metrics import accuracy
 from common.protocol import Contribution, split_weighted_vector, summed_length
+from common.quantise import dequantise, digest_counts, quantise_contribution, rounding_generator
 from common.secagg import STAGES
 from common.secure_codec import (
     client_policy,
@@ -36,6 +37,7 @@ from common.secure_codec import (
 from common.training import resolve_device, seeded_generator
 from server.app import ensemble_calibration
 from server.cohort import NodeInfo, sample_cohort
+from server.queries import choose_queries
 from server.secagg import SecAggServer
 from server.student import Student
 from simulations.bench.baselines import client_data
@@ -70,13 +72,16 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
         cohort = sample_cohort(
             nodes, config.fraction, config.min_clients, config.seed, round_number
         )
-        query = query_indices(config, len(splits.public_x), round_number)
+        student_view = None
+        if config.query_selection != "random" and config.public_query_size and previous is not None:
+            student_view = student.probabilities(splits.public_x)  # as the ServerApp's plan
+        query = choose_queries(config, len(splits.public_x), round_number, student_view)
         digest = previous if config.digest_epochs else None
         request = RoundInput(
             round=round_number,
             query_indices=query,
             digest_indices=None if digest is None else digest[0],
-            digest_probs=None if digest is None else digest[1].astype(np.float32),
+            digest_probs=None if digest is None else sent_digest(digest[1], config, round_number),
         )
         torch.set_num_threads(config.client_threads)
         contributions = {}
@@ -87,6 +92,8 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
             contribution, _ = run_local_round(
                 teachers[node.index], config, splits, clients[node.index], request, device, fresh
             )
+            rounding = rounding_generator(config.seed, round_number, node.index)
+            contribution, _ = quantise_contribution(contribution, config.label_bits, rounding)
             noise_std = dp_noise_share_std(config, len(query), len(cohort))
             contributions[node.node_id] = add_dp_noise_share(contribution, noise_std)
         weighted_sum, total_weight = (
@@ -125,12 +132,10 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
     return rows
 
 
-def query_indices(config: RunConfig, n_public: int, round_number: int) -> np.ndarray:
-    """The public samples queried in a round: the same rule and seed as the ServerApp's plan."""
-    if config.public_query_size and config.public_query_size < n_public:
-        rng = np.random.default_rng([config.seed, round_number, 4])
-        return np.sort(rng.choice(n_public, config.public_query_size, replace=False))
-    return np.arange(n_public, dtype=np.int64)
+def sent_digest(ensemble_probs: np.ndarray, config: RunConfig, round_number: int) -> np.ndarray:
+    """The previous ensemble (Q', K) as a client reads it from the `train` message (float32)."""
+    counts = digest_counts(ensemble_probs, config, round_number)
+    return dequantise(counts, config.label_bits, 1.0, per_row=False).probs.astype(np.float32)
 
 
 def plain_sum(

@@ -59,15 +59,11 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
 
+from client.app import plain_reply
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from common.config import RunConfig
-from common.protocol import (
-    CONTRIBUTION_RECORD,
-    NODE_RECORD,
-    ROUND_RECORD,
-    Contribution,
-    arrays_to_record,
-)
+from common.protocol import NODE_RECORD, ROUND_RECORD, Contribution
+from common.quantise import dequantise, quantise_probs, rounding_generator
 from common.secagg import STAGES, SecAggParams
 from common.secure_codec import client_policy, value_bound
 from server.aggregation import Aggregator, PlainAggregator, RoundFailed, RoundPlan
@@ -88,7 +84,7 @@ DEFAULT_OUT = Path("runs/bench-secagg")
 TARGET_OURS_VS_PLAIN = 2.0  # ours ≤ 2× plain at the largest n
 TARGET_FLOWER_VS_OURS = 5.0  # ours ≥ 5× faster than Flower at equal settings
 CLIENT_WEIGHT = 1.0  # every client's ensemble weight (the uniform rule)
-CLIENT_CONFIG = RunConfig()  # defaults: uniform weights, auto k and t, 24 fractional bits, no DP
+CLIENT_CONFIG = RunConfig()  # defaults: uniform weights, auto k and t, label_bits, no DP
 
 
 @dataclass(frozen=True)
@@ -125,14 +121,22 @@ def fixed_probs(partition_id: int) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def fixed_counts(partition_id: int) -> np.ndarray:
+    """Client ``partition_id``'s fixed matrix quantised at `label_bits`: (ROWS, CLASSES) int64."""
+    rounding = rounding_generator(PAYLOAD_SEED, 1, partition_id)
+    return quantise_probs(fixed_probs(partition_id), CLIENT_CONFIG.label_bits, rounding)
+
+
 def fixed_contribution(partition_id: int) -> Contribution:
-    """What client ``partition_id`` reports every round: its fixed matrix with weight 1."""
-    return Contribution(probs=fixed_probs(partition_id), weight=CLIENT_WEIGHT)
+    """What client ``partition_id`` reports every round: its quantised matrix with weight 1."""
+    counts = fixed_counts(partition_id)
+    return dequantise(counts, CLIENT_CONFIG.label_bits, CLIENT_WEIGHT, per_row=False)
 
 
 def expected_mean(partition_ids: Iterable[int]) -> np.ndarray:
-    """Float64 mean of the clients' matrices, shape (ROWS, CLASSES): the exact ensemble."""
-    return np.mean([fixed_probs(i).astype(np.float64) for i in partition_ids], axis=0)
+    """Float64 mean of the clients' quantised matrices, shape (ROWS, CLASSES): the exact
+    ensemble, which plain and secure aggregation must both reproduce bit for bit."""
+    return np.mean([fixed_contribution(i).probs for i in partition_ids], axis=0)
 
 
 def secagg_params(n_clients: int) -> SecAggParams:
@@ -164,13 +168,8 @@ def train_reply(msg: Message, context: Context) -> Message:
     contribution = fixed_contribution(_partition_id(context))
     if bool(msg.content[ROUND_RECORD].get("secagg", False)):
         return start_secure_round(msg, context, CLIENT_CONFIG, contribution)
-    content = RecordDict(
-        {
-            CONTRIBUTION_RECORD: arrays_to_record({"probs": contribution.probs}),
-            ROUND_RECORD: ConfigRecord({"weight": contribution.weight, "public_hash": PUBLIC_HASH}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    counts = fixed_counts(_partition_id(context))
+    return plain_reply(msg, contribution, counts, CLIENT_CONFIG.label_bits, PUBLIC_HASH)
 
 
 def stage_reply(msg: Message, context: Context, stage: str) -> Message:
@@ -254,7 +253,9 @@ class AggregatorRounds:
             round=round_number,
             cohort=self.nodes,
             query_indices=np.arange(ROWS, dtype=np.int64),
+            n_public=ROWS,
             num_classes=CLASSES,
+            label_bits=CLIENT_CONFIG.label_bits,
             public_hash=PUBLIC_HASH,
             min_clients=CLIENT_CONFIG.secagg_min_cohort,
             timeout=STAGE_TIMEOUT,
