@@ -21,6 +21,9 @@ ENSEMBLE_RULES = ("uniform", "weighted")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 STUDENT_LOSSES = ("kd", "kd+rkd")  # the names of common.kd.STUDENT_LOSSES
+DP_MODES = ("off", "client", "record")  # common.dp (client), common.dp_sgd (record)
+QUERY_SELECTIONS = ("random", "entropy", "margin")  # server.queries
+MIN_LABEL_BITS, MAX_LABEL_BITS = 1, 24  # common.quantise
 
 
 def _doc(default: Any, text: str) -> Any:
@@ -48,6 +51,9 @@ class RunConfig:
     public_fraction: float = _doc(0.2, "share of the non-test pool used as public inputs")
     test_fraction: float = _doc(0.2, "share of the whole dataset held out for testing")
     public_query_size: int = _doc(0, "public samples queried per round; 0 = the whole public set")
+    query_selection: str = _doc(
+        "random", "random | entropy | margin: how the server picks each round's public queries"
+    )
     public_shift: float = _doc(
         0.0, "mnist1d: public inputs drawn with noise and shear ×(1 + shift); 0 = same distribution"
     )
@@ -92,20 +98,33 @@ class RunConfig:
     student_loss: str = _doc(
         "kd", "kd | kd+rkd: the student's objective (kd+rkd adds RKD on the ensemble's outputs)"
     )
+    # --- wire format ---
+    label_bits: int = _doc(
+        16, "bits per soft-label entry (unbiased stochastic rounding; SecAgg+ fixed point)"
+    )
     # --- secure aggregation ---
     secagg: bool = _doc(True, "aggregate soft labels with SecAgg+ (false = plain, in the clear)")
     secagg_neighbours: int = _doc(0, "SecAgg+ graph degree k; 0 = auto (O(log n)); >= n-1 = all")
     secagg_threshold: int = _doc(0, "shares needed to recover a secret t; 0 = auto (> k/2)")
-    secagg_frac_bits: int = _doc(24, "fixed-point fractional bits of the encoded soft labels")
     secagg_min_cohort: int = _doc(3, "fewest clients a secure sum may cover (clients refuse less)")
     secagg_stage_timeout: float = _doc(120.0, "seconds to wait for each later SecAgg stage")
     secagg_weight_bound: float = _doc(1e6, "largest client weight the encoding must hold")
     send_client_metrics: bool = _doc(False, "send per-client metrics even under secagg (a leak)")
-    # --- distributed differential privacy ---
+    # --- differential privacy ---
+    dp_mode: str = _doc(
+        "off", "off | client (distributed noise, dp_noise_multiplier) | record (DP-SGD teachers)"
+    )
     dp_noise_multiplier: float = _doc(0.0, "z = σ/Δ₂ of the distributed Gaussian noise; 0 = off")
     dp_delta: float = _doc(1e-5, "δ at which ε is reported")
     dp_min_clients: int = _doc(
         0, "n_min: noise shares sized so n_min survivors carry σ²; 0 = cohort"
+    )
+    dp_record_noise_multiplier: float = _doc(
+        1.0, "record: DP-SGD noise σ on the summed clipped gradients, in units of the clip"
+    )
+    dp_record_clip: float = _doc(1.0, "record: per-sample gradient L2 clip C of DP-SGD")
+    dp_record_sample_rate: float = _doc(
+        0.05, "record: Poisson rate q per DP-SGD step; an epoch is ceil(1/q) steps"
     )
     allow_public_labels: bool = _doc(False, "allow the hard-label ablation term (needs labels)")
     hard_label_weight: float = _doc(0.0, "weight of CE on public hard labels (ablation only)")
@@ -164,6 +183,10 @@ class RunConfig:
             f"public_query_size must be >= 0 (0 = all), got {self.public_query_size}",
         )
         _require(
+            self.query_selection in QUERY_SELECTIONS,
+            f"query_selection must be one of {QUERY_SELECTIONS}, got {self.query_selection!r}",
+        )
+        _require(
             self.public_shift >= 0, f"public_shift must be >= 0 (0 = off), got {self.public_shift}"
         )
         _require(
@@ -211,8 +234,8 @@ class RunConfig:
         self._validate_method()
         _require(self.proximal_mu >= 0, f"proximal_mu must be >= 0, got {self.proximal_mu}")
         _require(
-            0 <= self.secagg_frac_bits <= 40,
-            f"secagg_frac_bits must be in [0, 40], got {self.secagg_frac_bits}",
+            MIN_LABEL_BITS <= self.label_bits <= MAX_LABEL_BITS,
+            f"label_bits must be in [{MIN_LABEL_BITS}, {MAX_LABEL_BITS}], got {self.label_bits}",
         )
         for key in ("secagg_neighbours", "secagg_threshold"):
             _require(
@@ -233,6 +256,7 @@ class RunConfig:
             self.dp_min_clients >= 0,
             f"dp_min_clients must be >= 0 (0 = cohort size), got {self.dp_min_clients}",
         )
+        self._validate_dp_mode()
         if self.dp_noise_multiplier > 0:
             _require(
                 self.secagg,
@@ -253,6 +277,46 @@ class RunConfig:
             f"hard_label_weight={self.hard_label_weight} uses the public set's true labels; "
             "set allow_public_labels=true to run this ablation",
         )
+
+    def _validate_dp_mode(self) -> None:
+        """dp_mode=client needs z > 0; a z > 0 alone (configs before dp_mode) is client-level
+        too. dp_mode=record refuses what would touch private data outside DP-SGD."""
+        _require(
+            self.dp_mode in DP_MODES, f"dp_mode must be one of {DP_MODES}, got {self.dp_mode!r}"
+        )
+        _require(
+            self.dp_mode != "client" or self.dp_noise_multiplier > 0,
+            "dp_mode='client' needs dp_noise_multiplier > 0 (z = σ/Δ₂ of the distributed noise), "
+            f"got {self.dp_noise_multiplier}",
+        )
+        if self.dp_mode != "record":
+            return
+        _require(
+            self.dp_noise_multiplier == 0,
+            "dp_mode='record' protects records with DP-SGD; client-level noise is dp_mode="
+            f"'client', so dp_noise_multiplier must be 0, got {self.dp_noise_multiplier}",
+        )
+        for key in ("dp_record_noise_multiplier", "dp_record_clip"):
+            _require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        _require(
+            0 < self.dp_record_sample_rate <= 1,
+            f"dp_record_sample_rate must be in (0, 1], got {self.dp_record_sample_rate}",
+        )
+        _require(
+            self.ensemble == "uniform",
+            "dp_mode='record' needs ensemble=uniform: weighted releases Σ private sample "
+            f"counts, which changes with one record, got ensemble={self.ensemble!r}",
+        )
+        from common.dp_sgd import check_teacher_models  # local: imports Opacus
+        from common.methods import get_method
+
+        _require(
+            get_method(self.method).row_weights is None,
+            f"dp_mode='record' is not supported with method={self.method!r}: its per-row "
+            "weights come from a density estimator fitted on private features without DP; "
+            "use fedmd or dsfl",
+        )
+        check_teacher_models(self.teacher_model_list)
 
     def _validate_method(self) -> None:
         from common.methods import METHOD_NAMES, get_method  # local: methods import torch
