@@ -10,6 +10,7 @@ import torch
 from client.data_source import PrivateData
 from common.config import RunConfig
 from common.data import DatasetSplits
+from common.dp_sgd import DpSgdSettings, track_dp_steps, train_dp_sgd
 from common.methods import ClientView, get_method
 from common.models import build_model
 from common.protocol import Contribution
@@ -40,12 +41,14 @@ def teacher_name(config: RunConfig, client_index: int) -> str:
 
 
 def new_teacher(config: RunConfig, splits: DatasetSplits, client_index: int) -> torch.nn.Module:
-    """A freshly initialised teacher, seeded by (seed, client index)."""
+    """A freshly initialised teacher, seeded by (seed, client index); under dp_mode=record it
+    carries its DP-SGD step count (`common.dp_sgd.track_dp_steps`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seeded_generator(config.seed, 7, client_index).initial_seed()))
-        return build_model(
+        model = build_model(
             teacher_name(config, client_index), splits.input_shape, splits.num_classes
         )
+    return track_dp_steps(model) if config.dp_mode == "record" else model
 
 
 def train_on_private(
@@ -73,6 +76,25 @@ def train_on_private(
     )
 
 
+def train_on_private_dp(
+    model: torch.nn.Module, private: PrivateData, config: RunConfig, device: torch.device
+) -> dict[str, float]:
+    """`local_epochs` of DP-SGD (`common.dp_sgd.train_dp_sgd`) with the run's optimizer and
+    learning rate. Returns ``record_epsilon`` (ε(δ) per record over every step this teacher took,
+    all rounds) and ``dp_sgd_steps`` (steps this round)."""
+    report = train_dp_sgd(
+        model,
+        private.x,
+        private.y,
+        DpSgdSettings.from_config(config),
+        epochs=config.local_epochs,
+        lr=config.local_lr,
+        optimizer=config.local_optimizer,
+        device=device,
+    )
+    return {"record_epsilon": report.epsilon, "dp_sgd_steps": float(report.steps)}
+
+
 def run_local_round(
     teacher: torch.nn.Module,
     config: RunConfig,
@@ -87,6 +109,8 @@ def run_local_round(
     Public warm-up (a fresh teacher, when the method has one and allow_public_labels=true),
     digest toward the previous ensemble (optional), train on private data, predict on the
     queried public samples at the method's temperature, then the method's per-row weights.
+    Under dp_mode=record the private training is DP-SGD and the metrics are only its ε and
+    steps: a loss or a count of private records would be released without DP.
     Returns the contribution (probs (Q, K), weight, row weights (Q,) or None) and local metrics.
     """
     method = get_method(config.method)
@@ -106,7 +130,11 @@ def run_local_round(
             generator=generator,
             device=device,
         )
-    train_loss = train_on_private(teacher, private, config, generator, device)
+    if config.dp_mode == "record":
+        metrics = train_on_private_dp(teacher, private, config, device)
+    else:
+        train_loss = train_on_private(teacher, private, config, generator, device)
+        metrics = {"train_loss": train_loss, "num_examples": float(len(private.y))}
     query_x = splits.public_x[request.query_indices]
     probs = predict_probs(teacher, query_x, temperature, device)  # (Q, K)
     row_weights = None
@@ -114,7 +142,6 @@ def run_local_round(
         view = ClientView(teacher, private.x, splits.public_x, query_x, probs, generator, device)
         row_weights = method.row_weights(view, config)  # (Q,)
     weight = float(len(private.y)) if config.ensemble == "weighted" else 1.0
-    metrics = {"train_loss": train_loss, "num_examples": float(len(private.y))}
     if row_weights is not None:
         metrics["rows_shared"] = float(np.count_nonzero(row_weights))
     return Contribution(probs=probs, weight=weight, row_weights=row_weights), metrics

@@ -1,18 +1,29 @@
-"""`dp-tradeoff`: distributed-DP noise against student accuracy, ε and the canary attack.
+"""`dp-tradeoff`: the privacy frontier — student accuracy against ε for both DP modes, with
+the canary attack's success and an audit lower bound on ε beside every DP point.
 
-For each noise multiplier z this runs real federated simulations (student accuracy, ε(δ) after
-the last round from the server's accountant) and the canary membership attack of `membership`
-on the noised secure sum of a cohort, each client adding its noise share through the real
-client path. Every attack point is checked against the DP hypothesis-testing bound
-TPR ≤ e^ε·FPR + δ (Kairouz et al. 2015), with ε of the one release the attack reads.
+Two federations, both run with the in-process engine (`simulations.bench.plain_loop`, the
+clients' and the server's own code without Flower's messaging):
+
+- record-level DP (`dp_mode=record`): `record_clients` clients (all in every round) train DP-SGD
+  teachers; one point per DP-SGD noise σ, ε per record from Opacus' accountant over every step;
+- client-level DP (`dp_mode=client`): the run config's federation (by default 1000 clients, half
+  sampled per round, few public rows per round); one point per noise multiplier z, ε per client
+  from the PLD accountant over the rounds the most-sampled client took part in.
+
+Each federation also runs without DP (σ or z absent; z = 0 among `noise_multipliers`): the
+non-private line. Attacks per DP point (the canary attack of `canary`, online LiRA and raw
+confidence): record-level reads the target's own soft labels (no secure aggregation, the
+strongest view) of a DP-SGD teacher after one round; client-level reads noised secure sums of
+an `attack_cohort`-client cohort (ε per release does not depend on the cohort size, and a small
+cohort is the attacker's best case). From the scores, `simulations.leak.audit` gives an ε lower
+bound (held-out threshold, 95 % confidence); a bound above the accountant's ε of that release
+fails the experiment loudly.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,107 +31,233 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.config import RunConfig
+from common.data import load_splits
 from common.dp import epsilon, soft_label_sensitivity
-from simulations.leak.canary import build_world, noisy_lira_score, observe, shadow_views
+from common.dp_sgd import epsilon_after_rounds, steps_per_round
+from server.cohort import NodeInfo, cohort_size, sample_cohort
+from simulations.bench.plain_loop import run_plain
+from simulations.leak.audit import audit_epsilon_from_scores, empirical_epsilon
+from simulations.leak.canary import (
+    CanaryWorld,
+    build_world,
+    lira_score,
+    noisy_lira_score,
+    observe,
+    shadow_views,
+)
 from simulations.leak.evaluate import membership_metrics, tpr_cell
 from simulations.leak.experiment import Experiment, setting
-from simulations.leak.metrics import clopper_pearson, roc_curve
+from simulations.leak.metrics import roc_curve
 from simulations.leak.report import Report, markdown_table, mean_std
-from simulations.leak.setup import simulate_run
 
 FPR_TARGET = 0.01
 SCORES = ("confidence", "lira")
+MODES = ("record", "client")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Settings of the `dp-tradeoff` experiment (`--set key=value`)."""
 
-    seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds (one federated run per z each)")
+    seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds (one federated run per point)")
     noise_multipliers: tuple[float, ...] = setting(
-        (0.0, 0.1, 0.3, 1.0), "dp_noise_multiplier values z (0 = no DP)"
+        (0.0, 3.0, 6.0), "client-level: dp_noise_multiplier values z (0 = the non-private line)"
     )
-    canaries: int = setting(300, "canaries per seed (half members) for the attack")
+    record_noise_multipliers: tuple[float, ...] = setting(
+        (0.8, 1.2, 2.0), "record-level: DP-SGD noise σ per point (the non-private line is added)"
+    )
+    record_clients: int = setting(10, "record-level federation: clients (all in every round)")
+    record_rounds: int = setting(5, "record-level federation: rounds (at most the run's rounds)")
+    record_query_size: int = setting(0, "record-level: public rows per round (0 = all)")
+    canaries: int = setting(300, "canaries per seed (half members) for the attacks")
     shadows: int = setting(8, "target shadows per seed (even)")
     population_shadows: int = setting(4, "shadows that model the rest of the cohort")
-    attack_rows: int = setting(10, "canary rows per attacked secure sum (one DP release each)")
+    attack_rows: int = setting(10, "client-level: canary rows per attacked secure sum (a release)")
+    attack_cohort: int = setting(10, "client-level: clients in each attacked secure sum")
 
 
-# Small, fast federated runs: Δ₂ = sqrt(2Q) makes the noise grow with the rows per round, so a
-# small public_query_size Q is the only way to keep any utility (see the report text).
+# The client-level federation: ≥ 500 clients per round (sampled as the scale suite does), few
+# public rows per round, DS-FL's sharpening (robust to noise on the mean). Δ₂ = sqrt(2Q) per
+# round, sqrt(2) per row.
 RUN_DEFAULTS = {
-    "num_clients": 10,
-    "rounds": 3,
-    "num_samples": 4000,
-    "public_query_size": 20,
-    "local_epochs": 3,
+    "num_clients": 1000,
+    "fraction": 0.5,
+    "min_clients": 3,  # secagg_min_cohort: a 3-client test federation still forms a cohort
+    "partitioner": "iid",
+    "num_samples": 60000,
+    "rounds": 5,
+    "public_query_size": 200,
+    "method": "dsfl",
+    "local_epochs": 2,
     "distill_epochs": 20,
     "teacher_models": "cnn1d-s",
     "student_model": "cnn1d-s",
 }
 
 
+@dataclass(frozen=True)
+class Point:
+    """One frontier point: a federation, its DP noise and the ε its run and one release carry."""
+
+    mode: str
+    noise: float  # σ (record) or z (client); 0 = no DP
+    config: RunConfig
+
+    @property
+    def private(self) -> bool:
+        return self.noise > 0
+
+    @property
+    def label(self) -> str:
+        if not self.private:
+            return f"{self.mode}: no DP"
+        return f"{self.mode}: {'σ' if self.mode == 'record' else 'z'}={self.noise:g}"
+
+
 def run(settings: Settings, config: RunConfig, report: Report) -> None:
-    """Federated runs and attacks for every (seed, z); tables, bound checks and a plot."""
-    if settings.attack_rows < 1:
-        raise ValueError(f"attack_rows must be >= 1, got {settings.attack_rows}")
-    n = config.num_clients
-    scores: dict[tuple[float, str], list[np.ndarray]] = {}
-    members: list[np.ndarray] = []
-    accuracy: dict[float, list[float]] = {}
-    run_epsilon: dict[float, float] = {}
+    """Federated runs and attacks for every (seed, point); tables, audits and the figure."""
+    _check_settings(settings)
+    points = frontier_points(settings, config)
+    accuracy: dict[str, list[float]] = {}
+    run_epsilon: dict[str, float] = {}
+    scores: dict[tuple[str, str], list[np.ndarray]] = {}
+    members: dict[str, list[np.ndarray]] = {}
     for seed in settings.seeds:
-        world = build_world(
-            config.replace(seed=seed),
-            n,
-            settings.canaries,
-            settings.shadows,
-            settings.population_shadows,
-            report.progress,
-        )
-        members.append(world.is_member)
-        rng = np.random.default_rng([seed, 93])
-        for z in settings.noise_multipliers:
-            noised = config.replace(seed=seed, dp_noise_multiplier=z)
-            report.progress(f"seed {seed}, z={z}: federated run ({config.rounds} rounds)")
-            run_dir = simulate_run(noised, Path(config.out_dir) / "runs" / f"seed{seed}-z{z:g}")
-            final = _final_round(run_dir)
-            if not final.get("dp_noise_ok", True):
-                report.fail(f"seed {seed}, z={z}: a round had fewer noise shares than n_min")
-            accuracy.setdefault(z, []).append(final["student_accuracy"])
-            run_epsilon[z] = final.get("dp_epsilon", math.inf)
-            report.progress(f"seed {seed}, z={z}: student accuracy {final['student_accuracy']:.3f}")
-            observation = observe(world, n, noised, settings.attack_rows)
-            views = shadow_views(world, n, rng)
-            lira = noisy_lira_score(world, views, observation.confidences, observation.noise_std)
-            for name, values in (("confidence", observation.confidences), ("lira", lira)):
-                scores.setdefault((z, name), []).append(values)
-                where = f"seed {seed}, {name}"
-                checked = _checked(values, world.is_member, z, config.dp_delta, report, where)
-                row = {"seed": seed, "z": z, "score": name, **checked}
-                report.add_rows([row | {"student_accuracy": final["student_accuracy"]}])
-    pooled_members = np.concatenate(members)
+        for point in points:
+            seeded = point.config.replace(seed=seed)
+            report.progress(f"seed {seed}, {point.label}: federated run ({seeded.rounds} rounds)")
+            accuracy.setdefault(point.label, []).append(_student_accuracy(seeded))
+            run_epsilon[point.label] = run_epsilon_of(point, seeded)
+            report.progress(
+                f"seed {seed}, {point.label}: student accuracy {accuracy[point.label][-1]:.3f}, "
+                f"ε = {run_epsilon[point.label]:.3g}"
+            )
+        for label, view, is_member in _attack_views(settings, points, seed, report):
+            members.setdefault(label, []).append(is_member)
+            for name, values in view.items():
+                scores.setdefault((label, name), []).append(values)
     pooled = {}
-    for (z, name), values in scores.items():
-        pooled[(z, name)] = _checked(
-            np.concatenate(values), pooled_members, z, config.dp_delta, report, f"pooled, {name}"
+    for point in (p for p in points if p.private):
+        is_member = np.concatenate(members[point.label])
+        eps = release_epsilon(point)
+        for name in SCORES:
+            values = np.concatenate(scores[(point.label, name)])
+            row = audited(values, is_member, eps, point.config.dp_delta, report, point.label)
+            pooled[(point.label, name)] = row
+            report.add_rows([{"point": point.label, "mode": point.mode, "score": name} | row])
+    for point in points:
+        for seed, value in zip(settings.seeds, accuracy[point.label], strict=True):
+            report.add_rows(
+                [
+                    {
+                        "point": point.label,
+                        "mode": point.mode,
+                        "noise": point.noise,
+                        "seed": seed,
+                        "student_accuracy": value,
+                        "epsilon": run_epsilon[point.label],
+                    }
+                ]
+            )
+    _plot(report, points, accuracy, run_epsilon, pooled)
+    _write_tables(report, settings, points, accuracy, run_epsilon, pooled)
+
+
+def frontier_points(settings: Settings, config: RunConfig) -> list[Point]:
+    """The record-level federation's points (no DP, then each σ) and the run config's
+    client-level points (each z, 0 = no DP)."""
+    record = config.replace(
+        num_clients=min(settings.record_clients, config.num_clients),
+        fraction=1.0,
+        rounds=min(settings.record_rounds, config.rounds),
+        public_query_size=settings.record_query_size,
+        dp_noise_multiplier=0.0,
+    )
+    points = [Point("record", 0.0, record.replace(dp_mode="off"))]
+    points += [
+        Point("record", sigma, record.replace(dp_mode="record", dp_record_noise_multiplier=sigma))
+        for sigma in settings.record_noise_multipliers
+    ]
+    for z in settings.noise_multipliers:
+        mode = "client" if z > 0 else "off"
+        points.append(Point("client", z, config.replace(dp_mode=mode, dp_noise_multiplier=z)))
+    return points
+
+
+def run_epsilon_of(point: Point, config: RunConfig) -> float:
+    """ε(δ) of the whole run for its most exposed client/record (inf = no DP).
+
+    Record-level: every client trains in every round (fraction 1), so ε after all rounds'
+    DP-SGD steps. Client-level: the server picks the cohorts, so no amplification by sampling;
+    ε composes over the rounds of the client sampled most often (cohorts re-drawn as the server
+    draws them)."""
+    if not point.private:
+        return math.inf
+    if point.mode == "record":
+        return epsilon_after_rounds(config, config.rounds)
+    nodes = [NodeInfo(node_id=i + 1, index=i, label=str(i)) for i in range(config.num_clients)]
+    taken_part = np.zeros(config.num_clients, dtype=np.int64)
+    for round_number in range(1, config.rounds + 1):
+        cohort = sample_cohort(
+            nodes, config.fraction, config.min_clients, config.seed, round_number
         )
-        report.add_rows([{"seed": "pooled", "z": z, "score": name} | pooled[(z, name)]])
-    _plot(report, settings, accuracy, pooled)
-    _write_tables(report, settings, config, accuracy, run_epsilon, pooled)
+        taken_part[[node.index for node in cohort]] += 1
+    return epsilon(point.noise, int(taken_part.max()), config.dp_delta)
 
 
-def _final_round(run_dir: Path) -> dict:
-    """The last completed round of a federated run (metrics.csv), with its summary's accuracy."""
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    done = metrics[metrics["status"] == "ok"]
-    if done.empty:
-        raise RuntimeError(f"federated run {run_dir} completed no round; see its flower.log")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    row = done.iloc[-1].to_dict()
-    if "dp_noise_ok" in done:
-        row["dp_noise_ok"] = bool(done["dp_noise_ok"].all())
-    return row | {"student_accuracy": summary["student_accuracy"]}
+def release_epsilon(point: Point) -> float:
+    """ε(δ) of the one release an attack reads: a DP-SGD teacher after one round (record), or
+    one noised secure sum (client)."""
+    if point.mode == "record":
+        return epsilon_after_rounds(point.config, 1)
+    return epsilon(point.noise, 1, point.config.dp_delta)
+
+
+def _student_accuracy(config: RunConfig) -> float:
+    rows = [row for row in run_plain(config, load_splits(config)) if row["status"] == "ok"]
+    if not rows:
+        raise RuntimeError(f"federated run (seed {config.seed}) completed no round")
+    return float(rows[-1]["student_accuracy"])
+
+
+def _attack_views(settings: Settings, points: list[Point], seed: int, report: Report):
+    """Yield (point label, {score name: (C,) scores}, (C,) is_member) for every DP point."""
+    rng = np.random.default_rng([seed, 93])
+    for point in (p for p in points if p.private and p.mode == "record"):
+        # The target's own soft labels (n = 1): every model is a one-round DP-SGD teacher.
+        world = _world(point.config.replace(seed=seed), 2, settings, report)
+        observed = observe(world, 1, point.config).confidences
+        lira = lira_score(world, shadow_views(world, 1, rng), observed)
+        yield point.label, {"confidence": observed, "lira": lira}, world.is_member
+    client_points = [p for p in points if p.private and p.mode == "client"]
+    if not client_points:
+        return
+    n = min(settings.attack_cohort, client_points[0].config.num_clients)
+    # Noise enters at the secure sum only: one world of noise-free teachers serves every z.
+    teachers = client_points[0].config.replace(seed=seed, dp_mode="off", dp_noise_multiplier=0.0)
+    world = _world(teachers, n, settings, report)
+    for point in client_points:
+        observation = observe(world, n, point.config.replace(seed=seed), settings.attack_rows)
+        views = shadow_views(world, n, rng)
+        lira = noisy_lira_score(world, views, observation.confidences, observation.noise_std)
+        yield (
+            point.label,
+            {"confidence": observation.confidences, "lira": lira},
+            world.is_member,
+        )
+
+
+def _world(config: RunConfig, n_clients: int, settings: Settings, report: Report) -> CanaryWorld:
+    """The canary world of `canary.build_world`: target, n_clients − 1 others and shadows, all
+    trained as `config` trains teachers (DP-SGD under dp_mode=record)."""
+    return build_world(
+        config.replace(fraction=1.0),
+        n_clients,
+        settings.canaries,
+        settings.shadows,
+        settings.population_shadows,
+        report.progress,
+    )
 
 
 def check_dp_bound(
@@ -128,9 +265,10 @@ def check_dp_bound(
 ) -> dict[str, float]:
     """Attack metrics plus the DP bound TPR <= e^ε·FPR + δ at the best threshold with FPR <= 1 %.
 
-    A violation counts only when it is significant: the 95 % Clopper-Pearson lower bound on the
-    TPR exceeds e^ε times the upper bound on the achieved FPR, plus δ; equivalently the ε this
-    attack proves, ``eps_lower`` = ln((TPR_lo − δ) / FPR_hi) (an audit lower bound), exceeds ε.
+    ``eps_lower`` is the ε this operating point proves at 95 % confidence
+    (`simulations.leak.audit.empirical_epsilon`: Clopper-Pearson bounds on both rates); a
+    violation counts only when it exceeds ε. The threshold is chosen on the same data, so this
+    is a screening check; `audited` adds the held-out audit bound.
 
     Parameters
     ----------
@@ -147,59 +285,107 @@ def check_dp_bound(
     row = membership_metrics(scores, is_member)
     fpr, tpr = roc_curve(scores, is_member)
     best = int(np.argmax(np.where(fpr <= FPR_TARGET, tpr, -1.0)))
-    true_pos = round(tpr[best] * row["members"])
-    false_pos = round(fpr[best] * row["non_members"])
-    tpr_low = clopper_pearson(true_pos, row["members"])[0]
-    fpr_high = clopper_pearson(false_pos, row["non_members"])[1]
-    eps_lower = math.log((tpr_low - delta) / fpr_high) if tpr_low > delta else 0.0
+    eps_lower = empirical_epsilon(
+        float(tpr[best]), float(fpr[best]), row["members"], row["non_members"], delta
+    )[1]
     bound = math.exp(min(eps, 700.0)) * FPR_TARGET + delta
     return row | {
         "epsilon": eps,
         "bound_at_1%": min(bound, 1.0),
         "achieved_fpr": float(fpr[best]),
-        "eps_lower": max(eps_lower, 0.0),
+        "eps_lower": eps_lower,
         "violation": bool(eps_lower > eps),
     }
 
 
-def _checked(
-    scores: np.ndarray, is_member: np.ndarray, z: float, delta: float, report: Report, where: str
+def audited(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    eps: float,
+    delta: float,
+    report: Report,
+    where: str,
 ) -> dict[str, float]:
-    """`check_dp_bound` with ε of one release at noise z; a violation fails the report loudly."""
-    eps = epsilon(z, 1, delta) if z > 0 else math.inf
+    """`check_dp_bound` plus the held-out audit lower bound ``audit_eps_lower``
+    (`audit_epsilon_from_scores`, 95 %); either above ε fails the report loudly."""
     row = check_dp_bound(scores, is_member, eps, delta)
+    row["audit_eps_lower"] = audit_epsilon_from_scores(scores, is_member, delta, 0.95)
+    row["violation"] = bool(row["violation"] or row["audit_eps_lower"] > eps)
     if row["violation"]:
         report.fail(
-            f"DP bound violated at z={z} ({where}): TPR {row['tpr@1%']:.4f} at FPR "
-            f"{row['achieved_fpr']:.4f} proves ε >= {row['eps_lower']:.3f} > ε = {eps:.3f}; "
-            "the aggregate carries less noise than the accountant assumes"
+            f"DP audit violated ({where}): the attack proves ε >= "
+            f"{max(row['eps_lower'], row['audit_eps_lower']):.3f} > accountant's ε = {eps:.3f}; "
+            "the release carries less noise than the accountant assumes"
         )
     return row
 
 
-def _plot(report: Report, settings: Settings, accuracy: dict, pooled: dict) -> None:
-    zs = list(settings.noise_multipliers)
-    figure = Figure(figsize=(8, 3.5), layout="constrained")
+def _check_settings(settings: Settings) -> None:
+    if settings.attack_rows < 1:
+        raise ValueError(f"attack_rows must be >= 1, got {settings.attack_rows}")
+    if settings.attack_cohort < 2:
+        raise ValueError(f"attack_cohort must be >= 2, got {settings.attack_cohort}")
+    if settings.record_clients < 2:
+        raise ValueError(f"record_clients must be >= 2, got {settings.record_clients}")
+    if settings.record_rounds < 1:
+        raise ValueError(f"record_rounds must be >= 1, got {settings.record_rounds}")
+    bad = [s for s in settings.record_noise_multipliers if s <= 0]
+    if bad:
+        raise ValueError(f"record_noise_multipliers must all be > 0, got {bad}")
+    bad = [z for z in settings.noise_multipliers if z < 0]
+    if bad:
+        raise ValueError(f"noise_multipliers must all be >= 0 (0 = no DP), got {bad}")
+
+
+def _plot(
+    report: Report, points: list[Point], accuracy: dict, run_epsilon: dict, pooled: dict
+) -> None:
+    figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)
-    left = figure.add_subplot(1, 2, 1)
-    means = [np.mean(accuracy[z]) for z in zs]
-    stds = [np.std(accuracy[z], ddof=1) if len(accuracy[z]) > 1 else 0.0 for z in zs]
-    left.errorbar(range(len(zs)), means, yerr=stds, marker="o", capsize=3)
-    left.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (10 classes)")
-    left.set(ylabel="student test accuracy", ylim=(0, 1))
-    right = figure.add_subplot(1, 2, 2)
-    for name in SCORES:
-        tprs = [pooled[(z, name)]["tpr@1%"] for z in zs]
-        right.plot(range(len(zs)), tprs, marker="o", label=name)
-    right.plot(
-        range(len(zs)), [pooled[(z, "lira")]["bound_at_1%"] for z in zs], "k:", label="DP bound"
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    colours = {"record": "tab:blue", "client": "tab:orange"}
+    for mode in MODES:
+        baseline = [p for p in points if p.mode == mode and not p.private]
+        dp_points = [p for p in points if p.mode == mode and p.private]
+        if baseline:
+            left.axhline(
+                np.mean(accuracy[baseline[0].label]),
+                color=colours[mode],
+                ls="--",
+                lw=1,
+                label=f"{mode}-level federation, no DP",
+            )
+        if not dp_points:
+            continue
+        eps = [run_epsilon[p.label] for p in dp_points]
+        means = [np.mean(accuracy[p.label]) for p in dp_points]
+        stds = [
+            np.std(accuracy[p.label], ddof=1) if len(accuracy[p.label]) > 1 else 0.0
+            for p in dp_points
+        ]
+        left.errorbar(eps, means, yerr=stds, marker="o", capsize=3, color=colours[mode])
+        for p, x, y in zip(dp_points, eps, means, strict=True):
+            row = pooled[(p.label, "lira")]
+            left.annotate(
+                f"TPR@0.1% {row['tpr@0.1%']:.3f}\naudit ε≥{row['audit_eps_lower']:.2f}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, -22),
+                fontsize=6,
+            )
+        release = [pooled[(p.label, "lira")]["epsilon"] for p in dp_points]
+        audit = [max(pooled[(p.label, s)]["audit_eps_lower"] for s in SCORES) for p in dp_points]
+        right.scatter(release, audit, color=colours[mode], label=f"{mode}-level")
+    left.set(
+        xscale="log", xlabel="ε of the run (δ = 1e-5)", ylabel="student test accuracy", ylim=(0, 1)
     )
-    right.set(ylabel="TPR at 1 % FPR", yscale="log", ylim=(1e-3, 1.05))
+    top = max([pooled[key]["epsilon"] for key in pooled] + [1.0])
+    right.plot([0, top], [0, top], "k:", label="audit = accountant (must stay below)")
+    right.set(xlabel="accountant ε of the attacked release", ylabel="audit ε lower bound (95 %)")
     for axes in (left, right):
-        axes.set_xticks(range(len(zs)), [f"z={z:g}" for z in zs])
         axes.grid(alpha=0.3)
-        axes.legend()
-    figure.savefig(report.plot_path("dp_tradeoff.png"), dpi=130)
+        axes.legend(fontsize=7)
+    figure.savefig(report.plot_path("frontier.png"), dpi=130)
 
 
 def _epsilon_cell(eps: float) -> str:
@@ -209,55 +395,76 @@ def _epsilon_cell(eps: float) -> str:
 def _write_tables(
     report: Report,
     settings: Settings,
-    config: RunConfig,
+    points: list[Point],
     accuracy: dict,
     run_epsilon: dict,
     pooled: dict,
 ) -> None:
-    lines = []
-    for z in settings.noise_multipliers:
-        for name in SCORES:
-            row = pooled[(z, name)]
-            lines.append(
-                {
-                    "z": f"{z:g}",
-                    f"ε run ({config.rounds} rounds)": _epsilon_cell(run_epsilon[z]),
-                    "student acc": mean_std(accuracy[z]),
-                    "ε release": _epsilon_cell(row["epsilon"]),
-                    "score": name,
-                    "AUC": row["auc"],
-                    "TPR@1% FPR [95% CI]": tpr_cell(row, "1%"),
-                    "bound e^ε·1%+δ": row["bound_at_1%"],
-                    "ε proven": row["eps_lower"],
-                    "check": "VIOLATION" if row["violation"] else "ok",
-                }
-            )
-    q, n = config.public_query_size, config.num_clients
-    per_entry = math.sqrt(2 * q) / n
-    attack_sigma = soft_label_sensitivity(settings.attack_rows)
+    frontier = []
+    for point in points:
+        row = {
+            "point": point.label,
+            "clients (per round)": f"{point.config.num_clients} ({_cohort(point.config)})",
+            "rounds": point.config.rounds,
+            "ε run": _epsilon_cell(run_epsilon[point.label]),
+            "student acc": mean_std(accuracy[point.label]),
+        }
+        if point.private:
+            lira = pooled[(point.label, "lira")]
+            row |= {
+                "ε release": _epsilon_cell(lira["epsilon"]),
+                "LiRA AUC": lira["auc"],
+                "LiRA TPR@0.1% FPR [95% CI]": tpr_cell(lira, "0.1%"),
+                "audit ε ≥ (LiRA, conf.)": "{:.2f}, {:.2f}".format(
+                    *(pooled[(point.label, s)]["audit_eps_lower"] for s in ("lira", "confidence"))
+                ),
+                "check": "VIOLATION" if lira["violation"] else "ok",
+            }
+        frontier.append(row)
+    table = pd.DataFrame(frontier).fillna("—")
     report.add_section(
-        "Distributed DP: accuracy, ε and the canary attack",
-        f"{len(settings.seeds)} seeds; {n} clients; federated runs of {config.rounds} rounds "
-        f"querying Q = {q} public rows per round; δ = {config.dp_delta}. The attack reads "
-        f"{settings.canaries} canaries per seed (half members) from noised secure sums of all "
-        f"{n} clients, {settings.attack_rows} canary rows per sum, so each canary's row is one "
-        f"release with ε(z, 1 round). TPRs pooled over seeds; 'ε proven' is the lower bound "
-        f"ln((TPR_lo − δ)/FPR_hi) this attack certifies (95 % CIs); a check fails only if it "
-        f"exceeds ε.\n\n{markdown_table(pd.DataFrame(lines))}",
+        "Frontier: student accuracy against ε",
+        f"{len(settings.seeds)} seed(s), δ = {points[0].config.dp_delta}; mean ± std over seeds. "
+        f"'ε run' is the accountant's ε after the whole run for the most exposed record "
+        f"(record-level, Opacus PRV) or client (client-level, PLD over the rounds of the "
+        f"most-sampled client). Attacks: {settings.canaries} canaries per seed (half members), "
+        f"pooled over seeds; 'ε release' is the ε of the one release the attack reads; 'audit "
+        f"ε ≥' is the 95 % lower bound from a held-out threshold (`simulations.leak.audit`), "
+        f"which must stay below 'ε release'.\n\n{markdown_table(table)}",
     )
-    report.add_section(
-        "Why Q must be small",
-        f"The Gaussian noise is calibrated to the L2 sensitivity of the whole (Q, K) sum: "
-        f"Δ₂ = sqrt(2Q) (one client replaced; rows on the simplex; `common/dp.py`). Every entry "
-        f"of the sum carries noise σ = z·sqrt(2Q), while a client moves one entry by at most 1, "
-        f"so the ensemble mean carries noise z·sqrt(2Q)/n per entry = {per_entry:.2f}·z here "
-        f"(Q = {q}, n = {n}), against soft-label entries that are all below 1. Utility needs "
-        f"z·sqrt(2Q) ≪ n: few rows per round, many clients, or a large ε. The attack's sums "
-        f"of {settings.attack_rows} rows carry σ = {attack_sigma:.2f}·z per entry of the sum.",
+    report.add_section("Sensitivity and accounting", _accounting_text(settings, points))
+    report.summary["student_accuracy"] = {label: values for label, values in accuracy.items()}
+    report.summary["epsilon_run"] = {
+        f"z={p.noise:g}": run_epsilon[p.label] for p in points if p.mode == "client"
+    }
+    report.summary["record_epsilon_run"] = {
+        f"sigma={p.noise:g}": run_epsilon[p.label] for p in points if p.mode == "record"
+    }
+    report.summary["pooled"] = {f"{label}/{score}": row for (label, score), row in pooled.items()}
+
+
+def _cohort(config: RunConfig) -> int:
+    return cohort_size(config.num_clients, config.fraction, config.min_clients)
+
+
+def _accounting_text(settings: Settings, points: list[Point]) -> str:
+    record = next(p.config for p in points if p.mode == "record")
+    client = next(p.config for p in points if p.mode == "client")
+    steps = steps_per_round(record.dp_record_sample_rate, record.local_epochs)
+    q = client.public_query_size
+    cohort = _cohort(client)
+    per_round = soft_label_sensitivity(q) if q else float("nan")
+    return (
+        f"Record-level: DP-SGD with Poisson rate q = {record.dp_record_sample_rate}, clip "
+        f"C = {record.dp_record_clip}, {steps} steps per round ({record.local_epochs} epochs of "
+        f"⌈1/q⌉), composed over {record.rounds} rounds (the teacher continues across rounds). "
+        f"Client-level: Q = {q or 'all'} public rows per round; one client's rows move the sum by "
+        f"at most Δ₂ = sqrt(2) per row (replace adjacency, rows on the simplex) and "
+        f"sqrt(2Q) = {per_round:.2f} per round; {cohort} clients per round, so every entry of "
+        f"the ensemble mean carries noise z·sqrt(2Q)/{cohort} = {per_round / cohort:.4f}·z. The "
+        f"client-level attack sums {settings.attack_rows} canary rows per release "
+        f"(Δ₂ = {soft_label_sensitivity(settings.attack_rows):.2f})."
     )
-    report.summary["pooled"] = {f"z={z:g}/{s}": row for (z, s), row in pooled.items()}
-    report.summary["student_accuracy"] = {f"z={z:g}": values for z, values in accuracy.items()}
-    report.summary["epsilon_run"] = {f"z={z:g}": e for z, e in run_epsilon.items()}
 
 
 EXPERIMENT = Experiment(
