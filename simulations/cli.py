@@ -62,9 +62,10 @@ def resume_config(run_dir: Path) -> RunConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from client.placement import messages_per_ray_node
     from common.data import load_splits
     from common.feasibility import check_feasible, describe_planned_aggregation
-    from simulations.launcher import default_resources, simulate
+    from simulations.launcher import check_ray_address, default_resources, simulate
 
     if args.resume:
         config = resume_config(Path(args.resume))
@@ -73,6 +74,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     resources = default_resources(config)
     if args.client_gpus is not None:
         resources = dataclasses.replace(resources, client_gpus=args.client_gpus)
+    if args.client_cpus is not None:
+        resources = dataclasses.replace(resources, client_cpus=args.client_cpus)
+    if args.ray_address is not None:
+        check_ray_address(args.ray_address)
     print(f"feddistill: preparing data ({config.dataset}) …", flush=True)
     splits = load_splits(config)  # generate/cache and check once, before clients start
     check_feasible(config, len(splits.public_x))  # refuse before any process starts
@@ -82,7 +87,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{describe_planned_aggregation(config, len(splits.public_x))} → {config.out_dir}",
         flush=True,
     )
-    out_dir = simulate(config, resources)
+    out_dir = simulate(config, resources, ray_address=args.ray_address)
+    if args.ray_address is not None:
+        print(f"feddistill: client messages per Ray node: {messages_per_ray_node(out_dir)}")
     exit_code, lines = run_outcome(json.loads((out_dir / "summary.json").read_text()))
     print("\n".join(lines), file=sys.stderr if exit_code else sys.stdout, flush=True)
     return exit_code
@@ -122,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results directory (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
     run.add_argument("--client-gpus", type=float, help="GPU fraction per client (CUDA only)")
+    run.add_argument("--client-cpus", type=int, help="CPUs per client actor (default 1)")
+    run.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the clients on this existing Ray cluster (its head's GCS address)",
+    )
     run.set_defaults(handler=_cmd_run)
     for module in SUBCOMMAND_MODULES:  # each adds its own subcommands
         importlib.import_module(module).register(commands)

@@ -4,6 +4,11 @@
 outlives the command. We instead start a private simulation SuperLink on free ports with its own
 FLWR_HOME, submit the run with `flwr run`, stream its logs, and stop the SuperLink by PID — so
 runs and tests can run side by side and leave nothing behind.
+
+By default the simulation engine starts its own single-machine Ray instance. With a Ray address
+(`host:port` of a running cluster's head, as `ray start --head` prints it) the SuperLink is
+started with `RAY_ADDRESS` set, which Flower's Ray backend passes on to `ray.init`: the client
+actors are then scheduled across the cluster's nodes and nothing Ray-side is started here.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
 }
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,16 @@ class SimulationResources:
     num_supernodes: int
     client_cpus: int = 1
     client_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_supernodes < 1:
+            raise ValueError(f"num_supernodes must be >= 1, got {self.num_supernodes}")
+        if self.client_cpus < 1:
+            raise ValueError(f"client CPUs must be an integer >= 1, got {self.client_cpus}")
+        if self.client_gpus < 0:
+            raise ValueError(
+                f"client GPUs must be >= 0 (a fraction shares one), got {self.client_gpus}"
+            )
 
     def federation_config(self) -> str:
         """The `--federation-config` string for `flwr run`."""
@@ -84,12 +100,43 @@ def run_config_toml(config: RunConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_ray_address(address: str) -> str:
+    """`address` stripped if it names a running Ray cluster's head as `host:port` (or `auto`,
+    Ray's own lookup of a cluster started on this machine); ValueError otherwise.
+
+    Ray Client addresses (`ray://…`) are refused: Flower's Ray backend needs a driver that is
+    part of the cluster, not a remote client.
+    """
+    address = address.strip()
+    if address == "auto":
+        return address
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"ray address must be HOST:PORT of the cluster's head node (the GCS port that "
+            f"`ray start --head` prints, e.g. 10.0.0.5:6379) or 'auto', got {address!r}"
+        )
+    return address
+
+
+def simulation_env(ray_address: str | None, home: str) -> dict[str, str]:
+    """The environment of the SuperLink and `flwr run`: offline Flower settings, our
+    FLWR_HOME, and RAY_ADDRESS exactly when a cluster was asked for (an inherited one is
+    dropped, so a run without `ray_address` always gets a private local Ray instance)."""
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": home}
+    env.pop(RAY_ADDRESS_ENV, None)
+    if ray_address is not None:
+        env[RAY_ADDRESS_ENV] = check_ray_address(ray_address)
+    return env
+
+
 def simulate(
     config: RunConfig,
     resources: SimulationResources | None = None,
     stream_to: int | None = None,
     timeout: float | None = None,
     app_dir: Path = APP_DIR,
+    ray_address: str | None = None,
 ) -> Path:
     """Run one simulation to completion and return its results directory.
 
@@ -100,15 +147,19 @@ def simulate(
     stream_to : file descriptor for the run's log stream (default: this process's stdout).
     timeout : seconds before the run is abandoned (everything is stopped either way).
     app_dir : the Flower app to run (default: this repository).
+    ray_address : HOST:PORT of an existing Ray cluster to run the client actors on (see
+        `check_ray_address`); None starts a private local Ray instance.
     """
     if not config.out_dir:
         raise ValueError("simulate() needs config.out_dir; the CLI picks runs/<timestamp>")
     out_dir = Path(config.out_dir).expanduser().resolve()
     config = config.replace(out_dir=str(out_dir))
     resources = resources or default_resources(config)
+    if ray_address is not None:
+        check_ray_address(ray_address)  # refuse before any process starts
     with tempfile.TemporaryDirectory(prefix="feddistill-flwr-") as home, owned_processes() as procs:
         home_path = Path(home)
-        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": home}
+        env = simulation_env(ray_address, home)
         run_config_path = home_path / "run_config.toml"
         run_config_path.write_text(run_config_toml(config))
         stop_stale_superlink(out_dir)
