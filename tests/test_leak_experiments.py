@@ -150,10 +150,14 @@ def test_membership_smallest_setting(tmp_path):
         "canaries=40",
         "shadows=4",
         "population_shadows=1",
+        "reference_rows=100",
     )
     assert set(results["n"]) == {1, 2, 3}
-    assert set(results["score"]) == {"confidence", "lira"}
+    assert set(results["score"]) == {"confidence", "lira", "rmia", "rmia-offline"}
     assert results["auc"].between(0, 1).all()
+    assert (results["eps_lower"] >= 0).all()
+    per_seed = results[results["seed"].astype(str) != "pooled"]
+    assert per_seed["offline_a"].between(0, 1).all()
     assert summary["max_quantisation_error_over_bound"] <= 1.0
     assert "secagg sum, n=3" in report
 

@@ -45,9 +45,10 @@ def test_offline_interpolates_the_missing_in_mean():
         ({"gamma": 0.0}, "gamma must be > 0"),
         ({"target_conf": np.array([1.2, 0.5])}, r"target_conf must be probabilities in \[0, 1\]"),
         ({"reference_confs": np.full((2, 3), 0.5)}, r"reference_confs must be \(S, 2\)"),
+        ({"reference_population_confs": np.full((2, 3), 0.5)}, r"confs \(S', 2\)"),
         ({"reference_in": np.array([[True, True], [True, False]])}, "needs >= 1 IN and >= 1 OUT"),
     ],
-    ids=["a", "gamma", "probabilities", "shape", "online-balance"],
+    ids=["a", "gamma", "probabilities", "shape", "population-shape", "online-balance"],
 )
 def test_bad_input_names_the_problem(kwargs, message):
     arguments = {
@@ -89,14 +90,14 @@ def synthetic_world(member_shift: float, seed: int = 0) -> dict[str, np.ndarray]
 
 def offline_arguments(world: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """An attacker without IN models: per candidate its 4 OUT reference signals (NaN sorts
-    last), and 4 references' signals on the population."""
+    last); every reference is OUT for the population samples."""
     return {
         "target_conf": world["target_conf"],
         "target_population_conf": world["target_population_conf"],
         "reference_confs": np.sort(
             np.where(world["reference_in"], np.nan, world["reference_confs"]), axis=0
         )[:4],
-        "reference_population_confs": world["reference_population_confs"][:4],
+        "reference_population_confs": world["reference_population_confs"],
     }
 
 

@@ -11,6 +11,8 @@ Setup for one seed (Carlini et al. 2022, "Membership Inference Attacks From Firs
   with the target's class histogram (an oracle the label-distribution attack approximates),
   each with a balanced random half of the canaries, and R population shadows on its own records
   partitioned by the federation's partitioner, to model the rest of a cohort.
+- Optionally the server also queries Z ordinary public rows, known non-members of every model:
+  RMIA's population samples z (`simulations.leak.rmia`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from client.data_source import PrivateData
 from common.config import RunConfig
 from common.data import partition_indices
 from common.protocol import Contribution
+from simulations.leak.rmia import rmia_score
 from simulations.leak.scores import lira_online_score, true_label_confidence
 from simulations.leak.secure import SecureSum, secure_sum
 from simulations.leak.setup import (
@@ -55,6 +58,11 @@ class CanaryWorld:
     shadow_confs : (S, C) target shadows' confidence on each canary's true label.
     shadow_in : (S, C) bool, True where the shadow trained on the canary (S/2 per canary).
     population_confs : (R, C) population shadows' confidence on the true labels.
+    reference_labels : (Z,) int64 labels of the Z public rows queried as population samples.
+    target_reference : (Z, K) float32 the target's soft labels on them.
+    cohort_reference : the other clients' (Z, K) soft labels on them, in cohort order.
+    shadow_reference_confs : (S, Z) target shadows' confidence on their true labels.
+    population_reference_confs : (R, Z) population shadows' confidence on their true labels.
     """
 
     labels: np.ndarray
@@ -64,6 +72,11 @@ class CanaryWorld:
     shadow_confs: np.ndarray
     shadow_in: np.ndarray
     population_confs: np.ndarray
+    reference_labels: np.ndarray
+    target_reference: np.ndarray
+    cohort_reference: list[np.ndarray]
+    shadow_reference_confs: np.ndarray
+    population_reference_confs: np.ndarray
 
 
 def build_world(
@@ -73,6 +86,7 @@ def build_world(
     n_shadows: int,
     n_population: int,
     progress: Callable[[str], None],
+    n_reference_rows: int = 0,
 ) -> CanaryWorld:
     """Train the target, the rest of the cohort and the attacker's shadows for `config.seed`.
 
@@ -84,6 +98,9 @@ def build_world(
     n_shadows : S, even and >= 4, so each canary has S/2 IN and S/2 OUT shadows.
     n_population : R >= 1 population shadows.
     progress : prints one line per step.
+    n_reference_rows : Z public rows also queried from every model (RMIA's population
+        samples); 0 = none. No model trains on public rows in round 1, so they are non-members
+        of all, and adding them leaves every canary's soft labels unchanged.
 
     Returns
     -------
@@ -109,11 +126,22 @@ def build_world(
         )
     is_member = np.zeros(n_canaries, dtype=bool)
     is_member[rng.permutation(n_canaries)[: n_canaries // 2]] = True
-    planted, query = plant(splits, canaries)
+    if not 0 <= n_reference_rows <= len(splits.public_y):
+        raise ValueError(
+            f"reference_rows must be in [0, {len(splits.public_y)}] (the public set), got "
+            f"{n_reference_rows}"
+        )
+    planted, canary_rows = plant(splits, canaries)
+    # Its own stream, so the canaries and shadow halves do not depend on Z.
+    public_order = np.random.default_rng([config.seed, 95]).permutation(len(splits.public_y))
+    reference_rows = np.sort(public_order[:n_reference_rows])
+    query = np.concatenate([canary_rows, reference_rows])
     labels = splits.test_y[canaries]
+    reference_labels = splits.public_y[reference_rows]
+    all_labels = np.concatenate([labels, reference_labels])
 
     def confidences(probs: np.ndarray) -> np.ndarray:
-        return true_label_confidence(probs, labels)
+        return true_label_confidence(probs, all_labels)
 
     progress(f"seed {config.seed}: target client (+{int(is_member.sum())} member canaries)")
     target_data = with_extra(federation.client_data(0), splits, canaries[is_member])
@@ -138,18 +166,27 @@ def build_world(
         data = with_extra(test_records(splits, own, index), splits, canaries[shadow_in[j]])
         shadow_confs.append(confidences(train_and_report(config, planted, data, query)[1]))
     progress(f"seed {config.seed}: {n_population} population shadows on attacker data")
-    population_confs = [
-        confidences(train_and_report(config, planted, data, query)[1])
-        for data in _population_data(config, federation, attacker_pool, n_population)
-    ]
+    population_confs = np.stack(
+        [
+            confidences(train_and_report(config, planted, data, query)[1])
+            for data in _population_data(config, federation, attacker_pool, n_population)
+        ]
+    )
+    shadow_confs_all = np.stack(shadow_confs)
+    c = n_canaries
     return CanaryWorld(
-        labels,
-        is_member,
-        target,
-        cohort,
-        np.stack(shadow_confs),
-        shadow_in,
-        np.stack(population_confs),
+        labels=labels,
+        is_member=is_member,
+        target=target[:c],
+        cohort=[probs[:c] for probs in cohort],
+        shadow_confs=shadow_confs_all[:, :c],
+        shadow_in=shadow_in,
+        population_confs=population_confs[:, :c],
+        reference_labels=reference_labels,
+        target_reference=target[c:],
+        cohort_reference=[probs[c:] for probs in cohort],
+        shadow_reference_confs=shadow_confs_all[:, c:],
+        population_reference_confs=population_confs[:, c:],
     )
 
 
@@ -163,11 +200,14 @@ class Observation:
         can push it outside [0, 1]).
     noise_std : (C,) std of the DP noise in each observed confidence (0 without DP).
     first_sum : the first secure sum, kept for its quantisation check (None for n = 1).
+    reference_confidences : (Z,) observed confidence on the reference rows' true labels, read
+        from the same reports (n = 1) or the same secure sums.
     """
 
     confidences: np.ndarray
     noise_std: np.ndarray
     first_sum: SecureSum | None
+    reference_confidences: np.ndarray
 
 
 def observe(world: CanaryWorld, n: int, config: RunConfig, batch_rows: int = 0) -> Observation:
@@ -179,20 +219,31 @@ def observe(world: CanaryWorld, n: int, config: RunConfig, batch_rows: int = 0) 
     n : cohort size; 1 = no secure aggregation (the target's own soft labels), else the target
         and clients 1..n−1 through `secure_sum` (with the config's DP noise shares, if any).
     config : secure-aggregation and DP settings (`secagg_min_cohort` must allow n).
-    batch_rows : canary rows per secure-aggregation round (each one DP release sized for its own
-        rows); 0 = all canaries in one round.
+    batch_rows : queried rows (canaries, then reference rows) per secure-aggregation round, each
+        one DP release sized for its own rows; 0 = all rows in one round.
 
     Returns
     -------
     The observed confidences and the noise they carry.
     """
+    n_canaries = len(world.labels)
+    labels = np.concatenate([world.labels, world.reference_labels])
     if n == 1:
-        observed = true_label_confidence(world.target, world.labels)
-        return Observation(observed, np.zeros_like(observed), None)
+        observed = true_label_confidence(
+            np.concatenate([world.target, world.target_reference]), labels
+        )
+        return Observation(observed[:n_canaries], np.zeros(n_canaries), None, observed[n_canaries:])
     if not 2 <= n <= len(world.cohort) + 1:
         raise ValueError(f"cohort size must be in [2, {len(world.cohort) + 1}], got {n}")
-    reports = [world.target, *world.cohort[: n - 1]]
-    n_rows = len(world.labels)
+    reports = [
+        np.concatenate([canary_probs, reference_probs])
+        for canary_probs, reference_probs in zip(
+            [world.target, *world.cohort[: n - 1]],
+            [world.target_reference, *world.cohort_reference[: n - 1]],
+            strict=True,
+        )
+    ]
+    n_rows = len(labels)
     step = batch_rows or n_rows
     means, noise, sums = [], [], []
     for start in range(0, n_rows, step):
@@ -202,8 +253,13 @@ def observe(world: CanaryWorld, n: int, config: RunConfig, batch_rows: int = 0) 
         # n shares of std s each, then divided by n: s / sqrt(n) on every row of this round
         noise.append(np.full(len(means[-1]), result.noise_std / np.sqrt(n)))
         sums.append(result)
-    observed = true_label_confidence(np.concatenate(means), world.labels)
-    return Observation(observed, np.concatenate(noise), sums[0])
+    observed = true_label_confidence(np.concatenate(means), labels)
+    return Observation(
+        observed[:n_canaries],
+        np.concatenate(noise)[:n_canaries],
+        sums[0],
+        observed[n_canaries:],
+    )
 
 
 def shadow_views(world: CanaryWorld, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -212,11 +268,26 @@ def shadow_views(world: CanaryWorld, n: int, rng: np.random.Generator) -> np.nda
     For n >= 2 the rest of shadow j's cohort is n − 1 population shadows drawn with replacement,
     so the simulated cohort mean varies like a real one: (conf_j + Σ_{i<n} pop_{b(j,i)}) / n.
     """
+    return _simulated_cohorts(world.shadow_confs, world.population_confs, n, rng)
+
+
+def reference_views(world: CanaryWorld, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(S, Z) `shadow_views` of the reference rows, with cohorts drawn afresh: RMIA uses only
+    each row's mean over the shadows, which does not depend on how rows pair across cohorts."""
+    return _simulated_cohorts(
+        world.shadow_reference_confs, world.population_reference_confs, n, rng
+    )
+
+
+def _simulated_cohorts(
+    own: np.ndarray, population: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(S, X) cohort means of each shadow's (S, X) confidences with n − 1 random rows of the
+    population shadows' (R, X) confidences."""
     if n == 1:
-        return world.shadow_confs
-    picks = rng.integers(0, len(world.population_confs), size=(len(world.shadow_confs), n - 1))
-    rest = world.population_confs[picks].sum(axis=1)  # (S, C)
-    return (world.shadow_confs + rest) / n
+        return own
+    picks = rng.integers(0, len(population), size=(len(own), n - 1))
+    return (own + population[picks].sum(axis=1)) / n
 
 
 def lira_score(world: CanaryWorld, views: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -224,6 +295,49 @@ def lira_score(world: CanaryWorld, views: np.ndarray, observed: np.ndarray) -> n
     shadow_in = np.where(world.shadow_in, views, np.nan)
     shadow_out = np.where(world.shadow_in, np.nan, views)
     return lira_online_score(observed, shadow_in, shadow_out, fixed_variance=True)
+
+
+def rmia_scores(
+    world: CanaryWorld,
+    views: np.ndarray,
+    population_views: np.ndarray,
+    observation: Observation,
+    offline_a: float | None,
+) -> np.ndarray:
+    """RMIA of observed confidences in [0, 1]: online (IN and OUT shadow views) when
+    `offline_a` is None, else offline with only each canary's OUT views and that a.
+
+    Parameters
+    ----------
+    world : the trained world (its `shadow_in` marks the IN views).
+    views : (S, C) `shadow_views`; population_views : (S, Z) `reference_views`.
+    observation : the server's view, with its reference-row confidences as the z samples.
+    offline_a : None for online RMIA, else a in [0, 1].
+
+    Returns
+    -------
+    (C,) scores in [0, 1], larger = more likely a member.
+    """
+    if offline_a is None:
+        return rmia_score(
+            observation.confidences,
+            observation.reference_confidences,
+            views,
+            population_views,
+            world.shadow_in,
+        )
+    return rmia_score(
+        observation.confidences,
+        observation.reference_confidences,
+        _out_views(world, views),
+        population_views,
+        offline_a=offline_a,
+    )
+
+
+def _out_views(world: CanaryWorld, views: np.ndarray) -> np.ndarray:
+    """(S/2, C) each canary's OUT views (S/2 per canary by construction), stacked by rank."""
+    return np.sort(np.where(world.shadow_in, np.nan, views), axis=0)[: views.shape[0] // 2]
 
 
 def noisy_lira_score(

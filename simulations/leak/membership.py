@@ -3,7 +3,9 @@
 The server plants canaries in the public query set (see `simulations.leak.canary`) and scores
 each from what it observes: without secure aggregation the target client's own soft labels
 (setting n = 1), with it the decoded SecAgg+ sum of a cohort of n real clients. Scores are the
-observed confidence on the canary's true label and online LiRA with shadow teachers.
+observed confidence on the canary's true label, online LiRA with shadow teachers, and RMIA
+(online, and offline from the OUT shadows only) against ordinary public rows as population
+samples. Beside each attack: the ε lower bound its scores prove (`simulations.leak.audit`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,31 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.config import RunConfig
-from simulations.leak.canary import build_world, lira_score, observe, shadow_views
+from simulations.leak.audit import audit_epsilon_from_scores
+from simulations.leak.canary import (
+    build_world,
+    lira_score,
+    observe,
+    reference_views,
+    rmia_scores,
+    shadow_views,
+)
 from simulations.leak.evaluate import membership_metrics, tpr_cell
 from simulations.leak.experiment import Experiment, setting
 from simulations.leak.metrics import roc_curve
 from simulations.leak.plots import plot_roc_loglog
 from simulations.leak.report import Report, markdown_table, mean_std
+from simulations.leak.rmia import choose_offline_a
+
+SCORES = ("confidence", "lira", "rmia", "rmia-offline")
+SCORE_LABELS = {
+    "confidence": "confidence",
+    "lira": "LiRA (online)",
+    "rmia": "RMIA (online)",
+    "rmia-offline": "RMIA (offline, a tuned)",
+}
+# δ of the ε lower bound each attack proves (no DP here: it shows how much leakage is certain).
+AUDIT_DELTA = 1e-5
 
 
 @dataclass(frozen=True)
@@ -29,10 +50,11 @@ class Settings:
     """Settings of the `membership` experiment (`--set key=value`)."""
 
     seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds; each retrains everything")
-    cohort_sizes: tuple[int, ...] = setting((2, 5, 10, 50), "secure-aggregation cohorts n")
+    cohort_sizes: tuple[int, ...] = setting((2, 5, 10), "secure-aggregation cohorts n")
     canaries: int = setting(700, "canaries per seed (half members), from the test pool")
     shadows: int = setting(16, "target shadows per seed (even; each trains on half the canaries)")
     population_shadows: int = setting(8, "shadows that model the rest of a cohort")
+    reference_rows: int = setting(1000, "public rows queried as RMIA's population samples z")
 
 
 def run(settings: Settings, config: RunConfig, report: Report) -> None:
@@ -54,6 +76,7 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
             settings.shadows,
             settings.population_shadows,
             report.progress,
+            settings.reference_rows,
         )
         members.append(world.is_member)
         rng = np.random.default_rng([seed, 92])
@@ -65,12 +88,19 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
                     / observation.first_sum.quantisation_bound
                 )
             views = shadow_views(world, n, rng)
+            population_views = reference_views(world, n, rng)
+            offline_a = choose_offline_a(views, population_views, world.shadow_in)
             for name, values in (
                 ("confidence", observation.confidences),
                 ("lira", lira_score(world, views, observation.confidences)),
+                ("rmia", rmia_scores(world, views, population_views, observation, None)),
+                (
+                    "rmia-offline",
+                    rmia_scores(world, views, population_views, observation, offline_a),
+                ),
             ):
                 scores.setdefault((n, name), []).append(values)
-                row = {"seed": seed, "n": n, "score": name}
+                row = {"seed": seed, "n": n, "score": name, "offline_a": offline_a}
                 report.add_rows([row | _metrics(name, values, world.is_member)])
         report.progress(f"seed {seed}: attacked n = {settings_n}")
     pooled_members = np.concatenate(members)
@@ -81,8 +111,7 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
     report.add_rows([{"seed": "pooled", "n": n, "score": s} | m for (n, s), m in pooled.items()])
     for n in settings_n:
         curves = {
-            name: roc_curve(np.concatenate(scores[(n, name)]), pooled_members)
-            for name in ("confidence", "lira")
+            name: roc_curve(np.concatenate(scores[(n, name)]), pooled_members) for name in SCORES
         }
         title = "no secure aggregation" if n == 1 else f"secure aggregation, n = {n}"
         plot_roc_loglog(curves, report.plot_path(f"roc_n{n}.png"), title)
@@ -91,9 +120,11 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
 
 
 def _metrics(name: str, values: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """Attack metrics; for the raw confidence also the membership signal itself: the gap
-    between the members' and non-members' mean observed confidence, and its standard error."""
+    """Attack metrics and the ε lower bound the scores prove (held-out threshold, 95 %); for
+    the raw confidence also the membership signal itself: the gap between the members' and
+    non-members' mean observed confidence, and its standard error."""
     row = membership_metrics(values, is_member)
+    row["eps_lower"] = audit_epsilon_from_scores(values, is_member, AUDIT_DELTA)
     if name == "confidence":
         inside, outside = values[is_member], values[~is_member]
         row["gap"] = float(inside.mean() - outside.mean())
@@ -108,7 +139,7 @@ def _plot_against_n(report: Report, sizes: list[int], pooled: dict) -> None:
     FigureCanvasAgg(figure)
     for column, (metric, label) in enumerate((("auc", "ROC AUC"), ("tpr@1%", "TPR at 1 % FPR"))):
         axes = figure.add_subplot(1, 2, column + 1)
-        for name in ("confidence", "lira"):
+        for name in SCORES:
             axes.plot(sizes, [pooled[(n, name)][metric] for n in sizes], marker="o", label=name)
         axes.axhline(0.5 if metric == "auc" else 0.01, color="k", ls="--", lw=0.8, label="chance")
         axes.set(xscale="log", xlabel="cohort size n (1 = no secure aggregation)", ylabel=label)
@@ -128,17 +159,18 @@ def _write_tables(
     per_seed = frame[frame["seed"] != "pooled"]
     lines = []
     for n in sizes:
-        for name in ("confidence", "lira"):
+        for name in SCORES:
             seeds = per_seed[(per_seed["n"] == n) & (per_seed["score"] == name)]
             row = pooled[(n, name)]
             lines.append(
                 {
                     "observation": "target's own soft labels" if n == 1 else f"secagg sum, n={n}",
-                    "score": name,
+                    "score": SCORE_LABELS[name],
                     "AUC (seeds)": mean_std(seeds["auc"]),
                     "AUC (pooled)": row["auc"],
                     "TPR@1% FPR [95% CI]": tpr_cell(row, "1%"),
                     "TPR@0.1% FPR [95% CI]": tpr_cell(row, "0.1%"),
+                    "ε proven (95%)": row["eps_lower"],
                 }
             )
     table = markdown_table(pd.DataFrame(lines))
@@ -160,12 +192,20 @@ def _write_tables(
         digits=2,
     )
     non_members = pooled[(1, "lira")]["non_members"]
+    offline_a = per_seed[per_seed["score"] == "rmia-offline"]["offline_a"]
     report.add_section(
         "Canary membership attack",
         f"{len(settings.seeds)} seeds × {settings.canaries} canaries (half members); TPRs and "
         f"pooled AUC over all {non_members} non-members, AUC (seeds) as mean ± std. "
         f"At 0.1 % FPR with {non_members} non-members a threshold may pass "
-        f"{int(0.001 * non_members)} false positives.\n\n{table}",
+        f"{int(0.001 * non_members)} false positives. LiRA and online RMIA use all "
+        f"{settings.shadows} shadows (half IN per canary); offline RMIA only each canary's "
+        f"{settings.shadows // 2} OUT shadows, with a chosen per seed and n by attacking the "
+        f"shadows themselves (chosen a: {', '.join(f'{a:g}' for a in offline_a)}). RMIA's "
+        f"population samples are {settings.reference_rows} public rows read from the same "
+        "reports or secure sums, γ = 1. 'ε proven' is the 95 % lower bound on ε these scores "
+        f"certify (held-out threshold, δ = {AUDIT_DELTA:g}; `simulations.leak.audit`): the "
+        f"leakage that is certain without any DP.\n\n{table}",
     )
     report.add_section(
         "The membership signal under secure aggregation",

@@ -45,8 +45,9 @@ def rmia_score(
     target_conf : (C,) target's signal Pr(x | θ) on each candidate, in [0, 1].
     target_population_conf : (Z,) target's signal on each population sample, in [0, 1].
     reference_confs : (S, C) reference models' signals on the candidates, in [0, 1].
-    reference_population_confs : (S, Z) reference models' signals on the population samples;
-        no reference model trained on them.
+    reference_population_confs : (S', Z) reference models' signals on the population samples;
+        no reference model trained on them. Only per-sample means enter, so S' may differ from
+        S (e.g. offline: each candidate's OUT references, but every reference for z).
     reference_in : (S, C) bool, True where reference s trained on candidate c (online; each
         candidate needs >= 1 IN and >= 1 OUT reference), or None (offline: all OUT).
     offline_a : a in [0, 1] of the offline interpolation; unused online. a = 1 takes Pr(x) as
@@ -64,13 +65,12 @@ def rmia_score(
         "reference_population_confs", reference_population_confs, ndim=2
     )
     n_candidates, n_population = target_conf.size, target_population_conf.size
-    if reference_confs.shape[1] != n_candidates or reference_population_confs.shape != (
-        reference_confs.shape[0],
-        n_population,
+    if reference_confs.shape[1] != n_candidates or reference_population_confs.shape[1] != (
+        n_population
     ):
         raise ValueError(
             f"reference_confs must be (S, {n_candidates}) and reference_population_confs "
-            f"(S, {n_population}), got {reference_confs.shape} and "
+            f"(S', {n_population}), got {reference_confs.shape} and "
             f"{reference_population_confs.shape}"
         )
     if n_population < 1:
