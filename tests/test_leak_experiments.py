@@ -209,11 +209,13 @@ def test_student_observer_smallest_setting(tmp_path):
         "student-observer",
         "seeds=0",
         "candidates=50",
-        "shadows=2",
+        "shadows=3",
+        "population_samples=50",
         "num_clients=3",
         "rounds=1",
     )
-    assert set(results["score"]) == {"confidence", "lira"}
+    assert set(results["score"]) == {"confidence", "lira", "rmia"}
+    assert results["auc"].between(0, 1).all()
     assert 0 <= summary["student_accuracy"][0] <= 1
 
 
