@@ -154,18 +154,24 @@ def record_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delt
 
     Returns
     -------
-    Opacus' PRV accountant's upper bound on ε (add/remove one record adjacency).
+    Opacus' PRV accountant's upper bound on ε (add/remove one record adjacency). Where the
+    PRV discretisation cannot represent the privacy loss (a vanishing σ gives a grid too large
+    to allocate) Opacus' RDP accountant answers instead: looser, still an upper bound.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if steps == 0:
         return 0.0
-    from opacus.accountants import PRVAccountant  # local: only record-level DP needs Opacus
+    from opacus.accountants import PRVAccountant, RDPAccountant  # local: only record-level DP
 
-    accountant = PRVAccountant()
-    for _ in range(steps):  # consecutive equal steps are merged into one history entry
-        accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
-    return float(accountant.get_epsilon(delta))
+    accountants = (PRVAccountant(), RDPAccountant())
+    for accountant in accountants:
+        for _ in range(steps):  # consecutive equal steps are merged into one history entry
+            accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    try:
+        return float(accountants[0].get_epsilon(delta))
+    except ValueError:  # numpy: "Maximum allowed size exceeded" for the PRV grid
+        return float(accountants[1].get_epsilon(delta))
 
 
 def epsilon_after_rounds(config: RunConfig, rounds: int) -> float:

@@ -421,7 +421,7 @@ def _write_tables(
                 "check": "VIOLATION" if lira["violation"] else "ok",
             }
         frontier.append(row)
-    table = pd.DataFrame(frontier).fillna("—")
+    table = pd.DataFrame(frontier).astype(object).fillna("—")
     report.add_section(
         "Frontier: student accuracy against ε",
         f"{len(settings.seeds)} seed(s), δ = {points[0].config.dp_delta}; mean ± std over seeds. "
