@@ -125,9 +125,15 @@ def secagg_masked_input(msg: Message, context: Context) -> Message:
     return continue_secure_round(msg, context, _run_config(context), "masked-input")
 
 
+@app.train("secagg_consistency")
+def secagg_consistency(msg: Message, context: Context) -> Message:
+    """SecAgg+ stage 4: sign the survivor set the server shows (the malicious-model check)."""
+    return continue_secure_round(msg, context, _run_config(context), "consistency")
+
+
 @app.train("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    """SecAgg+ stage 4: shares that let the server remove masks (survivors) or recover drops."""
+    """SecAgg+ stage 5: shares that let the server remove masks (survivors) or recover drops."""
     return continue_secure_round(msg, context, _run_config(context), "unmask")
 
 

@@ -1,29 +1,46 @@
-"""Client side of SecAgg+ (Bell et al. 2020): one state machine per round, its state a flat dict.
+"""Client side of SecAgg+ (Bell et al. 2020) against a malicious server: one state machine per
+round, its state a flat dict.
 
 Stages and payloads (request -> reply); every request after the first repeats ``round``:
 
 1. advertise: ``round``, ``cohort`` (sorted ids), ``graph_seed``, ``vector_length`` and the
-   resolved :class:`SecAggParams` fields -> ``c_pk``, ``s_pk`` (32-byte X25519 public keys) and
-   ``commitment`` (32-byte SHA-256 commitment to the self-mask seed b).
-2. share-keys: ``ids``, ``c_pks``, ``s_pks`` of the neighbours alive after stage 1 -> ``ids``,
-   ``blobs``: AEAD ciphertexts carrying the neighbour's Shamir shares of b and of s_sk.
+   resolved :class:`SecAggParams` fields -> ``c_pk``, ``s_pk`` (32-byte X25519 public keys),
+   ``commitment`` (32-byte SHA-256 commitment to the self-mask seed b), ``identity`` (the node's
+   32-byte Ed25519 public key) and ``key_signature`` (its signature of run, round, node id and
+   both public keys).
+2. share-keys: ``ids``, ``c_pks``, ``s_pks``, ``identities``, ``key_signatures`` of the
+   neighbours alive after stage 1 -> ``ids``, ``blobs``: AEAD ciphertexts carrying the
+   neighbour's Shamir shares of b and of s_sk.
 3. masked-input: ``ids``, ``blobs`` addressed to this node by neighbours alive after stage 2,
    plus the encoded input vector x given by the caller -> ``masked`` (y mod 2^m packed at m
    bits per value, uint8).
-4. unmask: ``survivors``, ``dropped`` (neighbour ids) -> ``b_ids``, ``b_shares`` (b-shares of
-   the survivors and of this node itself) and ``sk_ids``, ``sk_shares`` (s_sk-shares of the
-   dropped), shares as 66-byte field elements.
+4. consistency: ``survivors`` (sorted U3: every node whose masked input the server holds) ->
+   ``signature`` of run, round, node id and U3.
+5. unmask: ``signers``, ``identities``, ``signatures`` (the consistency replies) ->
+   ``b_ids``, ``b_shares`` (b-shares of the neighbours in U3 and of this node itself) and
+   ``sk_ids``, ``sk_shares`` (s_sk-shares of the neighbours not in U3), 66-byte field elements.
+
+Malicious-server checks (Bonawitz et al. CCS 2017, Bell et al. CCS 2020): every key and every
+consistency signature must come from a distinct identity on the node's roster; |U2| >= t before
+masking; at unmask, for this node and every neighbour v whose shares it holds, at least t of
+v's k + 1 share holders must have signed exactly the U3 this node signed, so no two honest
+holders can be shown different survivor sets; announced settings must equal the node's own
+(modulus width, fractional bits, vector length) or be stricter (degree, threshold, minimum
+cohort); and with DP on, at least the number of verified signers the noise share was sized for.
 
 A node counts as a holder of its own shares: t of the k neighbours plus itself reconstruct a
 secret. Its own s_sk-share is discarded at once, because a node that answers unmask has sent its
 masked input and is never "dropped"; its own b-share is always released at unmask.
+
+Without an identity (in-process experiments only; the Flower handlers always pass one) the
+client signs nothing and checks no signatures: that is the honest-but-curious protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import get_args, get_origin, get_type_hints
 
@@ -41,13 +58,19 @@ from common.secagg.crypto import (
     generate_keypair,
     mask_keys,
 )
-from common.secagg.graph import neighbours_of, share_points
+from common.secagg.graph import neighbour_graph, neighbours_of, share_points
+from common.secagg.identity import (
+    NodeIdentity,
+    keys_statement,
+    survivors_statement,
+    verify,
+)
 from common.secagg.packing import pack_words
 from common.secagg.prg import expand
 from common.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split
 
 Payload = dict[str, object]
-StateDict = dict[str, int | bytes | list[int] | list[bytes]]
+StateDict = dict[str, int | float | bytes | list[int] | list[bytes]]
 
 
 @dataclass
@@ -56,6 +79,12 @@ class _State:
 
     node_id: int
     policy: list[int]  # the client's own SecAggParams fields, in declaration order
+    run: int = 0  # run id bound into every signature
+    identity_sk: bytes = field(default=b"", repr=False)  # Ed25519 key; empty = unauthenticated
+    roster: list[bytes] = field(default_factory=list)  # identities whose signatures count
+    expected_length: int = 0  # the vector length this node will send (0 = not checked)
+    value_bound: float = 0.0  # its own bound B, fixing the modulus width (0 = not checked)
+    min_contributors: int = 0  # verified U3 signers the DP noise share was sized for
     stage: int = 0  # index into STAGES
     round: int = 0
     cohort: list[int] = field(default_factory=list)
@@ -68,12 +97,15 @@ class _State:
     s_sk: bytes = field(default=b"", repr=False)  # pairwise-mask private key
     self_mask_seed: bytes = field(default=b"", repr=False)  # b
     peer_ids: list[int] = field(default_factory=list)  # neighbours alive after stage 1
+    # Verified identities of peer_ids (stages 2-3), then of held_ids (stages 3-5).
+    peer_identities: list[bytes] = field(default_factory=list)
     peer_enc_keys: list[bytes] = field(default_factory=list, repr=False)  # AEAD key per peer
     peer_mask_keys: list[bytes] = field(default_factory=list, repr=False)  # PRG key per peer
     own_b_share: bytes = field(default=b"", repr=False)
     held_ids: list[int] = field(default_factory=list)  # neighbours whose shares this node holds
     held_b_shares: list[bytes] = field(default_factory=list, repr=False)
     held_sk_shares: list[bytes] = field(default_factory=list, repr=False)
+    survivors: list[int] = field(default_factory=list)  # the U3 this node signed
 
 
 _STATE_TYPES = get_type_hints(_State)
@@ -112,10 +144,10 @@ def _blobs(request: Mapping[str, object], key: str, count: int) -> list[bytes]:
 class SecAggClient:
     """One client's side of one secure-aggregation round.
 
-    Create it with the client's own settings (its policy), call the four stage methods in order,
-    and persist it between messages with :meth:`to_state` / :meth:`from_state`. Every method
-    raises :class:`SecAggRefusal` for a request that is out of order, malformed, or breaks the
-    protocol or the policy; the state is then unchanged.
+    Create it with the client's own settings (its policy) and identity, call the five stage
+    methods in order, and persist it between messages with :meth:`to_state` /
+    :meth:`from_state`. Every method raises :class:`SecAggRefusal` for a request that is out of
+    order, malformed, or breaks the protocol or the policy; the state is then unchanged.
 
     Parameters
     ----------
@@ -123,13 +155,63 @@ class SecAggClient:
         This node's id (unsigned 64-bit, as Flower assigns).
     params : SecAggParams
         The client's own settings; automatic fields are resolved for the announced cohort and
-        the server's settings must be at least as strict (degree, threshold, minimum cohort).
+        the server's settings must be at least as strict (degree, threshold, minimum cohort)
+        and use the same fractional bits.
+    run : int
+        Run id (unsigned 64-bit) bound into every signature.
+    identity : NodeIdentity or None
+        The node's long-term signing key; None runs the unauthenticated (honest-but-curious)
+        protocol, for in-process experiments.
+    roster : Sequence[bytes]
+        Identity public keys (32 bytes each) whose signatures count; must include ``identity``.
+    expected_length : int
+        Length L of the vector this node will mask; the announced length must equal it
+        (0: not checked).
+    value_bound : float
+        This node's bound B on every element; the announced modulus width must equal the one
+        its own settings resolve to for the cohort and B (0: not checked).
+    min_contributors : int
+        Fewest verified consistency signers this node accepts (what its DP noise share was sized
+        for; 0: no such check).
     """
 
-    def __init__(self, node_id: int, params: SecAggParams) -> None:
-        if not isinstance(node_id, int) or not 0 <= node_id <= UINT64_MAX:
-            raise ValueError(f"node_id must be an integer in [0, 2^64), got {node_id!r}")
-        self._state = _State(node_id=node_id, policy=list(dataclasses.astuple(params)))
+    def __init__(
+        self,
+        node_id: int,
+        params: SecAggParams,
+        *,
+        run: int = 0,
+        identity: NodeIdentity | None = None,
+        roster: Sequence[bytes] = (),
+        expected_length: int = 0,
+        value_bound: float = 0.0,
+        min_contributors: int = 0,
+    ) -> None:
+        for name, value in (("node_id", node_id), ("run", run)):
+            if not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
+                raise ValueError(f"{name} must be an integer in [0, 2^64), got {value!r}")
+        if identity is not None and identity.public_key not in roster:
+            raise ValueError("this node's identity is not on its roster")
+        if expected_length < 0 or value_bound < 0 or min_contributors < 0:
+            raise ValueError(
+                "expected_length, value_bound and min_contributors must be >= 0, got "
+                f"{expected_length}, {value_bound}, {min_contributors}"
+            )
+        self._state = _State(
+            node_id=node_id,
+            policy=list(dataclasses.astuple(params)),
+            run=run,
+            identity_sk=b"" if identity is None else identity.private_bytes(),
+            roster=list(roster),
+            expected_length=expected_length,
+            value_bound=float(value_bound),
+            min_contributors=min_contributors,
+        )
+
+    @property
+    def authenticated(self) -> bool:
+        """True when this client signs its keys and verifies everyone else's signatures."""
+        return bool(self._state.identity_sk)
 
     def __repr__(self) -> str:
         state = self._state
@@ -139,6 +221,11 @@ class SecAggClient:
     def stage(self) -> str:
         """Name of the request this client expects next (``'done'`` after unmask)."""
         return STAGES[self._state.stage]
+
+    @property
+    def round_number(self) -> int:
+        """The round this client is in (0 before the advertise stage)."""
+        return self._state.round
 
     @property
     def round_params(self) -> SecAggParams:
@@ -195,7 +282,7 @@ class SecAggClient:
         Parameters
         ----------
         stage : str
-            One of the first four :data:`STAGES`, as the server labels the request.
+            One of :data:`STAGES` but ``'done'``, as the server labels the request.
         request : Mapping[str, object]
             The request payload.
         vector : np.ndarray or None
@@ -213,6 +300,7 @@ class SecAggClient:
         handlers = {
             "advertise": self.advertise,
             "share-keys": self.share_keys,
+            "consistency": self.consistency,
             "unmask": self.unmask,
         }
         if stage not in handlers:
@@ -230,7 +318,8 @@ class SecAggClient:
         Returns
         -------
         dict
-            ``c_pk``, ``s_pk`` and ``commitment``, 32 bytes each.
+            ``c_pk``, ``s_pk``, ``commitment`` and ``identity``, 32 bytes each, and
+            ``key_signature`` (64 bytes; empty without an identity).
         """
         state = self._expect("advertise")
         round_ = _int(request, "round")
@@ -243,6 +332,16 @@ class SecAggClient:
             raise SecAggRefusal(f"node {state.node_id} is not in the announced cohort")
         if vector_length < 1:
             raise SecAggRefusal(f"vector_length must be >= 1, got {vector_length}")
+        if state.expected_length and vector_length != state.expected_length:
+            raise SecAggRefusal(
+                f"announced vector_length={vector_length}, this node's contribution has "
+                f"{state.expected_length} elements"
+            )
+        if self.authenticated and len(cohort) > len(state.roster):
+            raise SecAggRefusal(
+                f"cohort of {len(cohort)} nodes is larger than the roster of {len(state.roster)} "
+                "identities"
+            )
         announced = self._check_settings(request, len(cohort))
         c_sk, c_pk = generate_keypair()
         s_sk, s_pk = generate_keypair()
@@ -251,7 +350,18 @@ class SecAggClient:
         state.params, state.vector_length = list(dataclasses.astuple(announced)), vector_length
         state.c_sk, state.s_sk, state.self_mask_seed = c_sk, s_sk, seed
         state.stage += 1
-        return {"c_pk": c_pk, "s_pk": s_pk, "commitment": commit(seed, round_, state.node_id)}
+        identity, signature = b"", b""
+        if self.authenticated:
+            signer = NodeIdentity(state.identity_sk)
+            identity = signer.public_key
+            signature = signer.sign(keys_statement(state.run, round_, state.node_id, c_pk, s_pk))
+        return {
+            "c_pk": c_pk,
+            "s_pk": s_pk,
+            "commitment": commit(seed, round_, state.node_id),
+            "identity": identity,
+            "key_signature": signature,
+        }
 
     def share_keys(self, request: Mapping[str, object]) -> Payload:
         """Stage 2: Shamir-share s_sk and b among the alive neighbours and encrypt the shares.
@@ -259,7 +369,8 @@ class SecAggClient:
         Parameters
         ----------
         request : Mapping[str, object]
-            ``round`` and ``ids``, ``c_pks``, ``s_pks`` of the neighbours alive after stage 1.
+            ``round`` and ``ids``, ``c_pks``, ``s_pks``, ``identities``, ``key_signatures`` of
+            the neighbours alive after stage 1.
 
         Returns
         -------
@@ -271,6 +382,8 @@ class SecAggClient:
         ids = _ids(request, "ids")
         c_pks = _blobs(request, "c_pks", len(ids))
         s_pks = _blobs(request, "s_pks", len(ids))
+        identities = _blobs(request, "identities", len(ids))
+        signatures = _blobs(request, "key_signatures", len(ids))
         params = self.round_params
         neighbours = neighbours_of(state.node_id, state.cohort, params.neighbours, state.graph_seed)
         strangers = sorted(set(ids) - set(neighbours))
@@ -281,6 +394,22 @@ class SecAggClient:
                 f"{len(ids)} alive neighbours plus this node are fewer than the "
                 f"threshold t={params.threshold}"
             )
+        if self.authenticated:
+            self._check_signers(ids, identities)
+            forged = [
+                peer
+                for peer, identity, signature, c_pk, s_pk in zip(
+                    ids, identities, signatures, c_pks, s_pks, strict=True
+                )
+                if not verify(
+                    identity, signature, keys_statement(state.run, state.round, peer, c_pk, s_pk)
+                )
+            ]
+            if forged:
+                raise SecAggRefusal(
+                    f"public keys of nodes {forged} are not signed by the identity they name "
+                    "(missing or wrong signature: substituted keys?)"
+                )
         try:
             enc_keys = encryption_keys(state.c_sk, c_pks, state.round, state.node_id, ids)
             mask_seeds = mask_keys(state.s_sk, s_pks, state.round, state.node_id, ids)
@@ -288,6 +417,7 @@ class SecAggClient:
             raise SecAggRefusal(f"bad public key: {error}") from error
         state.own_b_share, blobs = self._encrypt_shares(ids, enc_keys)
         state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = ids, enc_keys, mask_seeds
+        state.peer_identities = identities if self.authenticated else []
         state.c_sk = state.s_sk = b""  # s_sk is shared; the per-peer keys are all stage 3 needs
         state.stage += 1
         return {"ids": ids, "blobs": blobs}
@@ -335,49 +465,82 @@ class SecAggClient:
         b_shares, sk_shares = self._decrypt_shares(ids, blobs)
         masked = self._mask(vector, ids, modulus_bits)
         state.held_ids, state.held_b_shares, state.held_sk_shares = ids, b_shares, sk_shares
+        if self.authenticated:  # from now on, the identities of the held ids
+            identity_of = dict(zip(state.peer_ids, state.peer_identities, strict=True))
+            state.peer_identities = [identity_of[v] for v in ids]
         state.self_mask_seed = b""
         state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = [], [], []
         state.stage += 1
         return {"masked": pack_words(masked, modulus_bits)}
 
-    def unmask(self, request: Mapping[str, object]) -> Payload:
-        """Stage 4: release b-shares of survivors and s_sk-shares of dropped neighbours, once.
+    def consistency(self, request: Mapping[str, object]) -> Payload:
+        """Stage 4: sign the survivor set U3 the server shows, once per round.
 
         Parameters
         ----------
         request : Mapping[str, object]
-            ``round``, ``survivors`` and ``dropped``: disjoint lists of neighbours whose
-            shares this node holds.
+            ``round`` and ``survivors``: sorted ids of every node whose masked input the server
+            holds; must include this node.
 
         Returns
         -------
         dict
-            ``b_ids`` (the survivors, then this node), ``b_shares``, ``sk_ids`` (the dropped)
-            and ``sk_shares``; shares are 66-byte field elements.
+            ``signature``: 64-byte signature of (run, round, node id, U3); empty without an
+            identity.
+        """
+        state = self._expect("consistency")
+        self._check_round(request)
+        survivors = _ids(request, "survivors")
+        if survivors != sorted(survivors):
+            raise SecAggRefusal("malformed request: survivors must be sorted")
+        strangers = sorted(set(survivors) - set(state.cohort))
+        if strangers:
+            raise SecAggRefusal(f"survivors {strangers} are not in the round's cohort")
+        if state.node_id not in survivors:
+            raise SecAggRefusal(f"node {state.node_id} sent its masked input but is not in U3")
+        living = len(set(survivors) & set(state.held_ids))
+        threshold = self.round_params.threshold
+        if living + 1 < threshold:  # |U3| >= t among the holders of this node's shares
+            raise SecAggRefusal(
+                f"only {living} surviving neighbours: with this node that is fewer than the "
+                f"threshold t={threshold}; releasing shares could expose a survivor's input"
+            )
+        if len(survivors) < state.min_contributors:
+            raise SecAggRefusal(
+                f"U3 has {len(survivors)} nodes, fewer than the {state.min_contributors} this "
+                "node's DP noise share was sized for"
+            )
+        signature = b""
+        if self.authenticated:
+            statement = survivors_statement(state.run, state.round, state.node_id, survivors)
+            signature = NodeIdentity(state.identity_sk).sign(statement)
+        state.survivors = survivors
+        state.stage += 1
+        return {"signature": signature}
+
+    def unmask(self, request: Mapping[str, object]) -> Payload:
+        """Stage 5: release b-shares of U3 and s_sk-shares of the rest, once, after checking
+        that enough share holders of every affected node signed the same U3.
+
+        Parameters
+        ----------
+        request : Mapping[str, object]
+            ``round``, ``signers`` (node ids), ``identities`` and ``signatures`` of the
+            consistency replies; without an identity the lists may be empty.
+
+        Returns
+        -------
+        dict
+            ``b_ids`` (the neighbours in U3, then this node), ``b_shares``, ``sk_ids`` (the
+            neighbours not in U3) and ``sk_shares``; shares are 66-byte field elements.
         """
         state = self._expect("unmask")
         self._check_round(request)
-        survivors = _ids(request, "survivors")
-        dropped = _ids(request, "dropped")
-        both = sorted(set(survivors) & set(dropped))
-        if both:
-            raise SecAggRefusal(f"nodes listed as both survivors and dropped: {both}")
-        unknown = sorted(set(survivors + dropped) - set(state.held_ids))
-        if unknown:
-            raise SecAggRefusal(
-                f"no shares held for nodes {unknown} (not neighbours alive at stage 2)"
-            )
-        unlisted = sorted(set(state.held_ids) - set(survivors + dropped))
-        if unlisted:  # survivors and dropped must partition the neighbours holding shares
-            raise SecAggRefusal(
-                f"neighbours {unlisted} are listed neither as survivors nor dropped"
-            )
-        threshold = self.round_params.threshold
-        if len(survivors) + 1 < threshold:  # |U3| >= t
-            raise SecAggRefusal(
-                f"only {len(survivors)} surviving neighbours: with this node that is fewer than "
-                f"the threshold t={threshold}; releasing shares could expose a survivor's input"
-            )
+        if self.authenticated:
+            self._check_consistency(request)
+        in_u3 = set(state.survivors)
+        survivors = [v for v in state.held_ids if v in in_u3]
+        dropped = [v for v in state.held_ids if v not in in_u3]
         b_shares = dict(zip(state.held_ids, state.held_b_shares, strict=True))
         sk_shares = dict(zip(state.held_ids, state.held_sk_shares, strict=True))
         reply: Payload = {
@@ -386,11 +549,84 @@ class SecAggClient:
             "sk_ids": dropped,
             "sk_shares": [sk_shares[v] for v in dropped],
         }
-        # Answering unmask once is what keeps b and s_sk of a node from both leaving this client.
+        # Answering unmask once, for the one U3 this node signed, is what keeps b and s_sk of a
+        # node from both leaving this client; its secrets are fresh every round.
         state.held_ids, state.held_b_shares, state.held_sk_shares = [], [], []
         state.own_b_share = b""
         state.stage += 1
         return reply
+
+    def _check_signers(self, ids: list[int], identities: list[bytes]) -> None:
+        """Refuse identities that are off the roster, repeated, or this node's own."""
+        state = self._state
+        own = NodeIdentity(state.identity_sk).public_key
+        roster = set(state.roster)
+        strangers = [
+            v for v, identity in zip(ids, identities, strict=True) if identity not in roster
+        ]
+        if strangers:
+            raise SecAggRefusal(
+                f"nodes {strangers} sign with identities that are not on the roster"
+            )
+        if len(set(identities)) != len(identities) or own in identities:
+            raise SecAggRefusal("one roster identity is named for two nodes")
+
+    def _check_consistency(self, request: Mapping[str, object]) -> None:
+        """Refuse unless t holders of this node's and each held neighbour's shares signed U3.
+
+        Signatures must verify against distinct roster identities, over exactly the U3 this
+        node signed; a signer that is a neighbour must use the identity it signed its keys with.
+        """
+        state = self._state
+        signers = _ids(request, "signers")
+        identities = _blobs(request, "identities", len(signers))
+        signatures = _blobs(request, "signatures", len(signers))
+        outside = sorted(set(signers) - set(state.survivors))
+        if outside:
+            raise SecAggRefusal(f"consistency signatures from nodes {outside} outside U3")
+        own = NodeIdentity(state.identity_sk).public_key
+        others = [(v, i) for v, i in zip(signers, identities, strict=True) if v != state.node_id]
+        self._check_signers([v for v, _ in others], [i for _, i in others])
+        if state.node_id in signers and identities[signers.index(state.node_id)] != own:
+            raise SecAggRefusal("a consistency signature names this node with another identity")
+        known = dict(zip(state.held_ids, state.peer_identities, strict=True))
+        switched = sorted(v for v, i in others if v in known and known[v] != i)
+        if switched:
+            raise SecAggRefusal(
+                f"nodes {switched} sign U3 with other identities than their keys were signed with"
+            )
+        forged = [
+            v
+            for v, identity, signature in zip(signers, identities, signatures, strict=True)
+            if not verify(
+                identity,
+                signature,
+                survivors_statement(state.run, state.round, v, state.survivors),
+            )
+        ]
+        if forged:
+            raise SecAggRefusal(
+                f"consistency signatures of nodes {forged} do not verify over the U3 this node "
+                "signed (the server showed different survivor sets)"
+            )
+        if len(signers) < state.min_contributors:
+            raise SecAggRefusal(
+                f"only {len(signers)} verified signers of U3, fewer than the "
+                f"{state.min_contributors} this node's DP noise share was sized for"
+            )
+        params = self.round_params
+        graph = neighbour_graph(state.cohort, params.neighbours, state.graph_seed)
+        signed = set(signers)
+        short = [
+            owner
+            for owner in [*state.held_ids, state.node_id]
+            if len(signed.intersection(graph[owner])) + (owner in signed) < params.threshold
+        ]
+        if short:
+            raise SecAggRefusal(
+                f"fewer than t={params.threshold} share holders of nodes {short} signed U3: "
+                "their holders may have been shown another survivor set"
+            )
 
     def _expect(self, stage: str) -> _State:
         """Return the state if ``stage`` is the request this client expects, else refuse."""
@@ -428,6 +664,22 @@ class SecAggClient:
                 f"min_cohort={announced.min_cohort} are weaker than this client's policy "
                 f"({neighbours}, {threshold}, {policy.min_cohort}) for {n_clients} clients"
             )
+        if announced.frac_bits != policy.frac_bits:
+            raise SecAggRefusal(
+                f"announced frac_bits={announced.frac_bits}, this client encodes with "
+                f"{policy.frac_bits}"
+            )
+        bound = self._state.value_bound
+        if bound:
+            try:
+                own_bits = policy.validate(n_clients, bound).modulus_bits
+            except ValueError as error:
+                raise SecAggRefusal(str(error)) from error
+            if announced.modulus_bits != own_bits:
+                raise SecAggRefusal(
+                    f"announced modulus_bits={announced.modulus_bits}, this client's settings "
+                    f"give {own_bits} for {n_clients} clients and bound {bound:g}"
+                )
         return announced
 
     def _encrypt_shares(self, ids: list[int], enc_keys: list[bytes]) -> tuple[bytes, list[bytes]]:

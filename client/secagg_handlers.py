@@ -1,22 +1,33 @@
-"""Client side of secure aggregation over Flower messages: state in `context.state`, never logs.
+"""Client side of SecAgg+ over Flower messages: state in `context.state`, refusals logged.
 
 Stage 1 (advertise) is answered from the `train` handler once the contribution exists; the
 later stages have their own message types. Between messages the protocol state (which holds
 private keys) lives only in `context.state`, because in deployment every message may run in a
 fresh process.
+
+Trust comes from the node, not the server: the node's identity key and the roster of identities
+it accepts are read from its node config (`secagg-identity`, `secagg-roster`, written by the
+deploy tooling) or, when the node config names none (simulation), from the roster the launcher
+made (`secagg_roster`, with `partition-N.key` beside it). Its DP noise share is sized from the
+announced cohort and the node later refuses to unmask unless that many verified roster members
+signed the survivor set; the ledger (`client.secagg_ledger`) refuses a second masked input for
+a round or a report.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.privacy import add_dp_noise_share
 from client.secagg import SecAggClient
+from client.secagg_ledger import ContributionLedger, report_digest, run_scope
 from common.config import RunConfig
 from common.logs import get_logger
 from common.protocol import (
-    ROUND_RECORD,
     SECAGG_ARRAYS,
     SECAGG_CONFIG,
     Contribution,
@@ -24,6 +35,7 @@ from common.protocol import (
     record_to_arrays,
 )
 from common.secagg import SecAggRefusal
+from common.secagg.identity import NodeIdentity, Roster, identity_file
 from common.secure_codec import (
     client_policy,
     dp_noise_share_std,
@@ -37,27 +49,104 @@ log = get_logger(__name__)
 
 STATE_PROTOCOL = "secagg_state"
 STATE_CONTRIBUTION = "secagg_contribution"
+STATE_LEDGER = "secagg_ledger"
+LEDGER_FILE = "secagg-ledger.json"
+
+
+def node_identity(
+    config: RunConfig, node_config: Mapping[str, object]
+) -> tuple[NodeIdentity, Roster, str]:
+    """This node's identity, its roster and a name for its ledger file.
+
+    Raises
+    ------
+    SecAggRefusal
+        If no roster is configured or a file is missing or invalid (the message names the
+        files, never their contents).
+    """
+    try:
+        if "secagg-identity" in node_config or "secagg-roster" in node_config:
+            if not ("secagg-identity" in node_config and "secagg-roster" in node_config):
+                raise ValueError("node config needs both secagg-identity and secagg-roster")
+            roster = Roster.load(Path(str(node_config["secagg-roster"])))
+            identity = NodeIdentity.load(Path(str(node_config["secagg-identity"])))
+            name = "node"
+        elif config.secagg_roster:
+            if "partition-id" not in node_config:
+                raise ValueError("run-config secagg_roster needs node-config partition-id")
+            name = f"partition-{int(node_config['partition-id'])}"
+            roster_path = Path(config.secagg_roster)
+            roster = Roster.load(roster_path)
+            identity = NodeIdentity.load(identity_file(roster_path.parent, name))
+        else:
+            raise ValueError(
+                "secure aggregation needs node identities: node-config secagg-identity and "
+                "secagg-roster (deployment) or run-config secagg_roster (simulation)"
+            )
+    except ValueError as error:
+        raise SecAggRefusal(str(error)) from error
+    if identity.public_key not in roster:
+        raise SecAggRefusal("this node's identity key is not on its roster")
+    return identity, roster, name
+
+
+def contribution_ledger(context: Context, config: RunConfig, name: str) -> ContributionLedger:
+    """The node's ledger: under its `state-dir`, else the run's out_dir, else in memory."""
+    if "state-dir" in context.node_config:
+        return ContributionLedger(Path(str(context.node_config["state-dir"])) / LEDGER_FILE)
+    if config.out_dir:
+        return ContributionLedger(Path(config.out_dir) / "clients" / f"{name}-{LEDGER_FILE}")
+    if STATE_LEDGER not in context.state:
+        context.state[STATE_LEDGER] = ConfigRecord({})
+    return ContributionLedger(None, context.state[STATE_LEDGER])
 
 
 def start_secure_round(
     msg: Message, context: Context, config: RunConfig, contribution: Contribution
 ) -> Message:
-    """Add this client's DP noise share (if any), keep the contribution for stage 3 and answer
-    the advertise stage."""
-    protocol = SecAggClient(context.node_id, client_policy(config))
-    reply = _respond(protocol, "advertise", msg)
-    cohort_size = int(msg.content[ROUND_RECORD]["cohort_size"])
-    noise_std = dp_noise_share_std(config, len(contribution.probs), cohort_size)
-    contribution = add_dp_noise_share(contribution, noise_std)
+    """Check the round against the ledger, add this client's DP noise share (if any), keep the
+    contribution for stage 3 and answer the advertise stage."""
+    request = _request(msg)
+    try:
+        identity, roster, name = node_identity(config, context.node_config)
+        round_ = request.get("round")
+        cohort = request.get("cohort")
+        if not isinstance(round_, int) or not isinstance(cohort, list):
+            raise SecAggRefusal("malformed request: 'round' and 'cohort' are needed")
+        scope = run_scope(config.to_dict())
+        report = contribution.weighted_vector()  # (L,) float64, before noise
+        digest = report_digest(identity.ledger_key(), round_, report.tobytes())
+        contribution_ledger(context, config, name).check(scope, round_, digest)
+    except SecAggRefusal as refusal:
+        log.warning("secure aggregation: refusing advertise request: %s", refusal)
+        raise
+    # The noise share is sized for the announced cohort; the client then refuses to unmask
+    # unless that many verified roster members signed the survivor set.
+    n_query = len(contribution.probs)
+    noise_std = dp_noise_share_std(config, n_query, len(cohort))
+    min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
+    protocol = SecAggClient(
+        context.node_id,
+        client_policy(config),
+        run=msg.metadata.run_id,
+        identity=identity,
+        roster=sorted(roster.keys),
+        expected_length=len(report),
+        value_bound=value_bound(config, noise_std),
+        min_contributors=min_contributors,
+    )
+    reply = respond_logged(protocol, "advertise", request)
+    noised = add_dp_noise_share(contribution, noise_std)
     context.state[STATE_CONTRIBUTION] = arrays_to_record(
         {
-            "probs": contribution.probs,
-            "weight": np.array([contribution.weight]),
+            "probs": noised.probs,
+            "weight": np.array([noised.weight]),
             "noise_std": np.array([noise_std]),
+            "report_digest": np.frombuffer(bytes.fromhex(digest), dtype=np.uint8),
             **(
                 {}
-                if contribution.row_weights is None
-                else {"row_weights": np.asarray(contribution.row_weights, dtype=np.float64)}
+                if noised.row_weights is None
+                else {"row_weights": np.asarray(noised.row_weights, dtype=np.float64)}
             ),
         }
     )
@@ -66,10 +155,11 @@ def start_secure_round(
 
 
 def continue_secure_round(msg: Message, context: Context, config: RunConfig, stage: str) -> Message:
-    """Answer one later stage ('share-keys', 'masked-input' or 'unmask')."""
+    """Answer one later stage ('share-keys', 'masked-input', 'consistency' or 'unmask')."""
     if STATE_PROTOCOL not in context.state:
         raise SecAggRefusal(f"{stage} request without an advertise stage in this run")
     protocol = SecAggClient.from_state(dict(context.state[STATE_PROTOCOL]))
+    request = _request(msg)
     vector = None
     if stage == "masked-input":
         kept = record_to_arrays(context.state[STATE_CONTRIBUTION])
@@ -80,7 +170,18 @@ def continue_secure_round(msg: Message, context: Context, config: RunConfig, sta
         )
         bound = value_bound(config, float(kept["noise_std"][0]))
         vector = encode_contribution(contribution, protocol.round_params, bound)
-    reply = _respond(protocol, stage, msg, vector)
+        reply = respond_logged(protocol, stage, request, vector)
+        # Remembered before the masked input leaves: a crash after this line refuses a re-run.
+        _, _, name = node_identity(config, context.node_config)
+        ledger = contribution_ledger(context, config, name)
+        digest = kept["report_digest"].tobytes().hex()
+        try:
+            ledger.record(run_scope(config.to_dict()), protocol.round_number, digest)
+        except SecAggRefusal as refusal:
+            log.warning("secure aggregation: refusing masked-input request: %s", refusal)
+            raise
+    else:
+        reply = respond_logged(protocol, stage, request)
     if protocol.stage == "done":  # nothing secret is needed any more
         del context.state[STATE_PROTOCOL]
         del context.state[STATE_CONTRIBUTION]
@@ -89,15 +190,22 @@ def continue_secure_round(msg: Message, context: Context, config: RunConfig, sta
     return _reply(msg, reply)
 
 
-def _respond(
-    protocol: SecAggClient, stage: str, msg: Message, vector: np.ndarray | None = None
+def respond_logged(
+    protocol: SecAggClient,
+    stage: str,
+    request: Mapping[str, object],
+    vector: np.ndarray | None = None,
 ) -> dict:
-    request = records_to_payload(msg.content[SECAGG_CONFIG], msg.content[SECAGG_ARRAYS])
+    """Answer one stage; a refusal is logged with its reason (never a secret) and re-raised."""
     try:
         return protocol.respond(stage, request, vector)
     except SecAggRefusal as refusal:
         log.warning("secure aggregation: refusing %s request: %s", stage, refusal)
         raise
+
+
+def _request(msg: Message) -> dict:
+    return records_to_payload(msg.content[SECAGG_CONFIG], msg.content[SECAGG_ARRAYS])
 
 
 def _reply(msg: Message, payload: dict) -> Message:

@@ -109,6 +109,11 @@ class RunConfig:
     secagg_min_cohort: int = _doc(3, "fewest clients a secure sum may cover (clients refuse less)")
     secagg_stage_timeout: float = _doc(120.0, "seconds to wait for each later SecAgg stage")
     secagg_weight_bound: float = _doc(1e6, "largest client weight the encoding must hold")
+    secagg_roster: str = _doc(
+        "",
+        "SecAgg+ identity roster (JSON) with partition-N.key beside it; empty = the launcher "
+        "makes one under out_dir; SuperNodes with node-config secagg-roster use their own",
+    )
     send_client_metrics: bool = _doc(False, "send per-client metrics even under secagg (a leak)")
     # --- differential privacy ---
     dp_mode: str = _doc(
@@ -244,6 +249,11 @@ class RunConfig:
         _require(
             self.secagg_min_cohort >= 2,
             f"secagg_min_cohort must be >= 2, got {self.secagg_min_cohort}",
+        )
+        _require(
+            not self.secagg_roster.strip() or self.secagg_roster == self.secagg_roster.strip(),
+            f"secagg_roster must be a file path without surrounding spaces, got "
+            f"{self.secagg_roster!r}",
         )
         for key in ("secagg_stage_timeout", "secagg_weight_bound"):
             _require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")

@@ -1,10 +1,14 @@
 """Server side of SecAgg+ (Bell et al. 2020): drives one round and recovers the survivors' sum.
 
 The payloads of each stage are described in ``client/secagg.py``. Alive sets shrink stage by
-stage: U1 (answered advertise) ⊇ U2 (answered share-keys) ⊇ U3 (delivered a masked input).
-A node that does not answer, or answers with a malformed reply, has dropped. After stages 1 and 2
-the server also drops any node with fewer than t - 1 alive neighbours: t holders of its secrets
-would not exist, so its input could never be unmasked and the round would fail later.
+stage: U1 (answered advertise) ⊇ U2 (answered share-keys) ⊇ U3 (delivered a masked input) ⊇
+U4 (signed U3 in the consistency stage). A node that does not answer, or answers with a
+malformed reply, has dropped. After stages 1 and 2 the server also drops any node with fewer
+than t - 1 alive neighbours: t holders of its secrets would not exist, so its input could never
+be unmasked and the round would fail later. After the consistency stage it aborts if some node
+has fewer than t signers among its share holders, because honest holders then refuse to unmask.
+
+The server relays identities and signatures but does not need to verify them: the clients do.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from common.secagg.crypto import (
     public_key,
 )
 from common.secagg.graph import neighbour_graph, share_points
+from common.secagg.identity import IDENTITY_BYTES, SIGNATURE_BYTES
 from common.secagg.packing import unpack_words
 from common.secagg.prg import expand
 from common.secagg.shamir import SHARE_BYTES, combine, share_from_bytes
@@ -63,6 +68,8 @@ class _Advert:
     c_pk: bytes
     s_pk: bytes
     commitment: bytes
+    identity: bytes
+    key_signature: bytes
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,14 @@ def _blob_list(reply: Mapping[str, object], key: str, count: int, size: int) -> 
         raise ValueError(f"{key!r} must be a list of {count} byte strings")
     if not all(isinstance(v, bytes) and len(v) == size for v in value):
         raise ValueError(f"{key!r} must hold {size}-byte strings")
+    return value
+
+
+def _optional_blob(reply: Mapping[str, object], key: str, size: int) -> bytes:
+    """Read a byte string of ``size`` bytes, or an empty one (an unauthenticated client)."""
+    value = reply.get(key)
+    if not isinstance(value, bytes) or len(value) not in (0, size):
+        raise ValueError(f"{key!r} must be empty or {size} bytes")
     return value
 
 
@@ -149,6 +164,7 @@ class SecAggServer:
         self._contacted: dict[str, list[int]] = {STAGES[0]: self._cohort}
         self._adverts: dict[int, _Advert] = {}
         self._inbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> ciphertext
+        self._consistency: dict[int, bytes] = {}  # signer -> signature of U3
         self._masked_sum = np.zeros(vector_length, dtype=np.uint64)  # (L,)
         self._result: SecAggResult | None = None
         # Per stage: build one node's request, parse one node's reply (ValueError if malformed),
@@ -165,6 +181,11 @@ class SecAggServer:
                 self._parse_masked_input,
                 self._accept_masked_input,
             ),
+            "consistency": (
+                self._consistency_request,
+                self._parse_consistency,
+                self._accept_consistency,
+            ),
             "unmask": (self._unmask_request, self._parse_unmask, self._accept_unmask),
         }
 
@@ -176,7 +197,7 @@ class SecAggServer:
 
     @property
     def stage(self) -> str:
-        """Current stage: 'advertise', 'share-keys', 'masked-input', 'unmask' or 'done'."""
+        """Current stage: one of :data:`common.secagg.STAGES`."""
         return STAGES[self._stage]
 
     def requests(self) -> dict[int, Payload]:
@@ -289,6 +310,8 @@ class SecAggServer:
             c_pk=_blob(reply, "c_pk", KEY_BYTES),
             s_pk=_blob(reply, "s_pk", KEY_BYTES),
             commitment=_blob(reply, "commitment", KEY_BYTES),
+            identity=_optional_blob(reply, "identity", IDENTITY_BYTES),
+            key_signature=_optional_blob(reply, "key_signature", SIGNATURE_BYTES),
         )
 
     def _accept_advertise(self, adverts: dict[int, _Advert]) -> list[int]:
@@ -302,6 +325,8 @@ class SecAggServer:
             "ids": peers,
             "c_pks": [self._adverts[peer].c_pk for peer in peers],
             "s_pks": [self._adverts[peer].s_pk for peer in peers],
+            "identities": [self._adverts[peer].identity for peer in peers],
+            "key_signatures": [self._adverts[peer].key_signature for peer in peers],
         }
 
     def _parse_share_keys(self, node: int, reply: Mapping[str, object]) -> dict[int, bytes]:
@@ -335,15 +360,40 @@ class SecAggServer:
             self._masked_sum += masked  # (L,) uint64, wraps mod 2^64
         return sorted(masked_inputs)
 
+    def _consistency_request(self, node: int) -> Payload:
+        return {"round": self._round, "survivors": list(self._contacted["consistency"])}
+
+    def _parse_consistency(self, node: int, reply: Mapping[str, object]) -> bytes:
+        return _optional_blob(reply, "signature", SIGNATURE_BYTES)
+
+    def _accept_consistency(self, signatures: dict[int, bytes]) -> list[int]:
+        """Keep the signatures; abort if a node's secrets lack t signing holders."""
+        self._consistency = signatures
+        signed = set(signatures)
+        threshold = self._params.threshold
+        for owner in self._contacted["masked-input"]:
+            holders = [v for v in (*self._neighbours[owner], owner) if v in signed]
+            if holders and len(holders) < threshold:
+                raise SecAggAbort(
+                    f"only {len(holders)} share holders of node {owner} signed U3, threshold is "
+                    f"{threshold}: its holders would refuse to unmask"
+                )
+        return sorted(signatures)
+
     def _unmask_lists(self, node: int) -> tuple[list[int], list[int]]:
-        """Neighbours of ``node`` that delivered a masked input, and those that did not."""
-        survivors = self._alive_neighbours(node, "unmask")
-        dropped = sorted(set(self._alive_neighbours(node, "masked-input")) - set(survivors))
-        return survivors, dropped
+        """Neighbours of ``node`` holding shares: those in U3, and those that are not."""
+        in_u3 = set(self._contacted["consistency"])
+        held = self._alive_neighbours(node, "masked-input")
+        return [v for v in held if v in in_u3], [v for v in held if v not in in_u3]
 
     def _unmask_request(self, node: int) -> Payload:
-        survivors, dropped = self._unmask_lists(node)
-        return {"round": self._round, "survivors": survivors, "dropped": dropped}
+        signers = sorted(self._consistency)
+        return {
+            "round": self._round,
+            "signers": signers,
+            "identities": [self._adverts[v].identity for v in signers],
+            "signatures": [self._consistency[v] for v in signers],
+        }
 
     def _parse_unmask(self, node: int, reply: Mapping[str, object]) -> _Unmasked:
         survivors, dropped = self._unmask_lists(node)
@@ -361,13 +411,13 @@ class SecAggServer:
     def _accept_unmask(self, released: dict[int, _Unmasked]) -> list[int]:
         """Remove the survivors' self masks and the dropped nodes' pairwise masks from the sum."""
         length, modulus_bits = self._length, self._params.modulus_bits
-        survivors = self._contacted["unmask"]
+        survivors = self._contacted["consistency"]  # U3: every masked input in the sum
         total = self._masked_sum.copy()  # (L,) uint64; wrapping mod 2^64 is exact mod 2^m
         for owner in survivors:
             total -= expand(self._reconstruct(owner, released, "b"), length, modulus_bits)
         dropped = set(self._contacted["masked-input"]) - set(survivors)
         for owner in sorted(dropped):
-            peers = self._alive_neighbours(owner, "unmask")
+            peers = self._alive_neighbours(owner, "consistency")
             if not peers:
                 continue  # no survivor masked with it
             s_sk = self._reconstruct(owner, released, "s_sk")

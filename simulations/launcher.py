@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig
+from common.secagg.identity import ensure_identities
 from simulations.processes import (
     console_script,
     free_port,
@@ -34,6 +35,7 @@ from simulations.processes import (
 )
 
 APP_DIR = Path(__file__).resolve().parents[1]
+SECAGG_IDENTITIES = "secagg-identities"  # under out_dir: roster.json and partition-N.key
 CONNECTION = "feddistill-sim"
 PID_FILE = "superlink.pid"
 OFFLINE_ENV = {
@@ -155,6 +157,10 @@ def simulate(
     out_dir = Path(config.out_dir).expanduser().resolve()
     config = config.replace(out_dir=str(out_dir))
     resources = resources or default_resources(config)
+    if config.secagg and not config.secagg_roster:  # node identities for SecAgg+, kept on resume
+        names = [f"partition-{i}" for i in range(resources.num_supernodes)]
+        roster = ensure_identities(out_dir / SECAGG_IDENTITIES, names)
+        config = config.replace(secagg_roster=str(roster))
     if ray_address is not None:
         check_ray_address(ray_address)  # refuse before any process starts
     with tempfile.TemporaryDirectory(prefix="feddistill-flwr-") as home, owned_processes() as procs:

@@ -49,8 +49,14 @@ EXACT_COLUMNS = ("status", "clients", "rows_kept", "student_accuracy", "ensemble
 
 N_CLIENTS = 5  # k = 4 (all-to-all), t = 3, min_cohort = 3
 PLAIN_ROUND, SECURE_ROUND = 1, 2
-SINGLE_DROP_ROUND = {"advertise": 3, "share-keys": 4, "masked-input": 5, "unmask": 6}
-TOO_MANY_ROUND = {"masked-input": 7, "unmask": 8}
+SINGLE_DROP_ROUND = {
+    "advertise": 3,
+    "share-keys": 4,
+    "masked-input": 5,
+    "consistency": 6,
+    "unmask": 7,
+}
+TOO_MANY_ROUND = {"masked-input": 8, "unmask": 9}
 TOO_MANY = (0, 2, 4)  # three of five clients
 TOO_MANY_REASON = {  # 2 masked inputs < min_cohort = 3; 2 holders release shares < t = 3
     "masked-input": "fewer than min_cohort=3",
@@ -116,7 +122,7 @@ class TestSmoke:
 # --- dropouts: bench clients with known payloads, failures injected per stage -------------------
 
 
-def dropping_client_app(drops: Mapping[int, Mapping[int, str]]) -> ClientApp:
+def dropping_client_app(drops: Mapping[int, Mapping[int, str]], config: RunConfig) -> ClientApp:
     """The bench ClientApp, except that partition p raises in stage s of round r per ``drops``.
 
     Stage 1 (advertise) is the ``train`` message; the round is the message's group id.
@@ -130,12 +136,12 @@ def dropping_client_app(drops: Mapping[int, Mapping[int, str]]) -> ClientApp:
 
     def train(msg: Message, context: Context) -> Message:
         check(msg, context, "advertise")
-        return bench.train_reply(msg, context)
+        return bench.train_reply(msg, context, config)
 
     def later_stage(stage: str) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
             check(msg, context, stage)
-            return bench.stage_reply(msg, context, stage)
+            return bench.stage_reply(msg, context, stage, config)
 
         return handler
 
@@ -163,10 +169,12 @@ def schedule_server_app(outcomes: dict[int, bench.RoundOutcome]) -> ServerApp:
 
 
 @pytest.fixture(scope="module")
-def outcomes() -> dict[int, bench.RoundOutcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bench.RoundOutcome]:
     """Every round of one in-process simulation of 5 bench clients, by round number."""
     results: dict[int, bench.RoundOutcome] = {}
-    bench.run_apps(schedule_server_app(results), dropping_client_app(DROPS), N_CLIENTS)
+    config = bench.bench_config(tmp_path_factory.mktemp("identities"), N_CLIENTS)
+    client_app = dropping_client_app(DROPS, config)
+    bench.run_apps(schedule_server_app(results), client_app, N_CLIENTS)
     return results
 
 
@@ -206,8 +214,9 @@ def test_one_dropout_keeps_the_exact_survivor_sum(
 ) -> None:
     round_ = SINGLE_DROP_ROUND[stage]
     (dropped,) = DROPS[round_]
-    # A client that fails only at unmask has delivered its masked input: it is in the sum.
-    survivors = [p for p in range(N_CLIENTS) if p != dropped or stage == "unmask"]
+    # A client that fails after delivering its masked input is in the sum.
+    in_sum = stage in ("consistency", "unmask")
+    survivors = [p for p in range(N_CLIENTS) if p != dropped or in_sum]
 
     outcome = outcomes[round_]
 

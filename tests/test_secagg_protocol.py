@@ -12,11 +12,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import serde
 
 from client.secagg import SecAggClient
+from client.secagg_handlers import respond_logged
 from common.secagg import STAGES, SecAggAbort, SecAggParams, SecAggRefusal
+from common.secagg.crypto import generate_keypair
 from common.secagg.encoding import decode_sum, encode
 from common.secagg.graph import neighbour_graph
+from common.secagg.identity import NodeIdentity, keys_statement, survivors_statement
 from server.secagg import SecAggResult, SecAggServer
 
+RUN = 9001
 ROUND = 11
 BOUND = 1.0
 LENGTH = 64
@@ -57,12 +61,25 @@ class Deployment:
         params: SecAggParams | None = None,
         length: int = LENGTH,
         transport: Callable[[dict], dict] = dict,
+        min_contributors: int = 0,
     ) -> None:
         self.transport = transport  # what every payload and state passes through on the wire
         self.cohort = make_cohort(n_clients)
         self.params = params or policy.validate(n_clients, BOUND)
         self.server = SecAggServer(ROUND, self.cohort, self.params, length, graph_seed=GRAPH_SEED)
-        self.states = {node: SecAggClient(node, policy).to_state() for node in self.cohort}
+        self.identities = {node: NodeIdentity.generate() for node in self.cohort}
+        self.roster = [identity.public_key for identity in self.identities.values()]
+        self.states = {
+            node: SecAggClient(
+                node,
+                policy,
+                run=RUN,
+                identity=self.identities[node],
+                roster=self.roster,
+                min_contributors=min_contributors,
+            ).to_state()
+            for node in self.cohort
+        }
         self.vectors = random_vectors(self.cohort, self.params.modulus_bits, length)
         self.graph = neighbour_graph(self.cohort, self.params.neighbours, GRAPH_SEED)
 
@@ -145,7 +162,8 @@ def test_dropouts_in_any_stage_keep_the_exact_survivor_sum(stage: str) -> None:
 
     result = deployment.finish({stage: silent})
 
-    lost_inputs = [] if stage == "unmask" else silent  # an unmask dropout's input is in the sum
+    # A node that drops after delivering its masked input is in the sum.
+    lost_inputs = [] if stage in ("consistency", "unmask") else silent
     survivors = [node for node in deployment.cohort if node not in lost_inputs]
     assert result.survivors == survivors
     assert result.dropped == sorted(lost_inputs)
@@ -160,7 +178,7 @@ def test_dropouts_in_every_stage_at_once_keep_the_exact_survivor_sum() -> None:
 
     result = deployment.finish(silent)
 
-    lost = {node for stage in STAGES[:3] for node in silent[stage]}
+    lost = {node for stage in STAGES[:3] for node in silent[stage]}  # before the masked input
     assert result.survivors == [node for node in cohort if node not in lost]
     expected = plain_sum(deployment.vectors, result.survivors, deployment.params.modulus_bits)
     np.testing.assert_array_equal(result.total, expected)
@@ -293,12 +311,12 @@ def test_client_refuses_keys_of_non_neighbours_or_fewer_than_t() -> None:
     requests = deployment.server.requests()
     node = deployment.cohort[0]
     stranger = next(v for v in deployment.cohort if v != node and v not in deployment.graph[node])
+    donor = next(v for v in requests if stranger in requests[v]["ids"])
+    at = requests[donor]["ids"].index(stranger)
     request = requests[node]
     forged = {
-        **request,
-        "ids": [*request["ids"], stranger],
-        "c_pks": [*request["c_pks"], requests[stranger]["c_pks"][0]],
-        "s_pks": [*request["s_pks"], requests[stranger]["s_pks"][0]],
+        key: [*value, requests[donor][key][at]] if isinstance(value, list) else value
+        for key, value in request.items()
     }
     few = deployment.params.threshold - 2
     short = {
@@ -306,12 +324,88 @@ def test_client_refuses_keys_of_non_neighbours_or_fewer_than_t() -> None:
     }
 
     refusal(deployment, node, forged, "not neighbours")
-    low_order = {**request, "s_pks": [bytes(32), *request["s_pks"][1:]]}
-    refusal(deployment, node, low_order, "bad public key")
-    refusal(
-        deployment, node, {**request, "c_pks": [b"short", *request["c_pks"][1:]]}, "bad public key"
-    )
     refusal(deployment, node, short, f"fewer than the threshold t={deployment.params.threshold}")
+
+
+def test_client_refuses_a_low_order_key_even_when_a_roster_member_signed_it() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("share-keys")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    corrupt = request["ids"][0]  # a corrupt client signs a small-order key for itself
+    low_order = bytes(32)
+    statement = keys_statement(RUN, ROUND, corrupt, request["c_pks"][0], low_order)
+    forged = {
+        **request,
+        "s_pks": [low_order, *request["s_pks"][1:]],
+        "key_signatures": [
+            deployment.identities[corrupt].sign(statement),
+            *request["key_signatures"][1:],
+        ],
+    }
+
+    refusal(deployment, node, forged, "bad public key")
+
+
+# --- a malicious server: authenticated keys ------------------------------------------------
+
+
+def test_client_refuses_keys_the_server_substituted() -> None:
+    # The server swaps in its own X25519 keys for a neighbour: with them it could decrypt the
+    # node's shares of b and s_sk and rebuild both secrets. Unsigned, signed by an identity off
+    # the roster, or with the neighbour's signature from another round: all refused.
+    deployment = Deployment(10)
+    deployment.run_to("share-keys")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    victim = request["ids"][0]
+    server_c_pk, server_s_pk = generate_keypair()[1], generate_keypair()[1]
+    substituted = {
+        **request,
+        "c_pks": [server_c_pk, *request["c_pks"][1:]],
+        "s_pks": [server_s_pk, *request["s_pks"][1:]],
+    }
+    outsider = NodeIdentity.generate()  # the server's own identity, not on the roster
+    self_signed = {
+        **substituted,
+        "identities": [outsider.public_key, *request["identities"][1:]],
+        "key_signatures": [
+            outsider.sign(keys_statement(RUN, ROUND, victim, server_c_pk, server_s_pk)),
+            *request["key_signatures"][1:],
+        ],
+    }
+    unsigned = {**request, "key_signatures": [b"", *request["key_signatures"][1:]]}
+    other_round = deployment.identities[victim].sign(
+        keys_statement(RUN, ROUND - 1, victim, request["c_pks"][0], request["s_pks"][0])
+    )
+    replayed = {**request, "key_signatures": [other_round, *request["key_signatures"][1:]]}
+    twice = {**request, "identities": [request["identities"][1], *request["identities"][1:]]}
+
+    refusal(deployment, node, substituted, rf"nodes \[{victim}\] are not signed")
+    refusal(deployment, node, self_signed, rf"nodes \[{victim}\] sign with identities that are")
+    refusal(deployment, node, unsigned, rf"nodes \[{victim}\] are not signed")
+    refusal(deployment, node, replayed, rf"nodes \[{victim}\] are not signed")
+    refusal(deployment, node, twice, "one roster identity is named for two nodes")
+    assert deployment.ask(node, request)["ids"] == request["ids"]  # honest: answered
+
+
+def test_a_refusal_is_logged_with_its_reason_and_no_secret(caplog) -> None:
+    deployment = Deployment(5)
+    deployment.run_to("share-keys")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    unsigned = {**request, "key_signatures": [b""] * len(request["ids"])}
+
+    with (
+        caplog.at_level(logging.WARNING, logger="client.secagg_handlers"),
+        pytest.raises(SecAggRefusal),
+    ):
+        respond_logged(deployment.client(node), "share-keys", unsigned)
+
+    assert "refusing share-keys request" in caplog.text and "not signed" in caplog.text
+    state = deployment.states[node]
+    for secret in (state["c_sk"], state["s_sk"], state["self_mask_seed"], state["identity_sk"]):
+        assert secret.hex() not in caplog.text and repr(secret) not in caplog.text
 
 
 def test_client_refuses_ciphertexts_with_wrong_associated_data() -> None:
@@ -346,39 +440,154 @@ def test_client_refuses_masked_input_with_fewer_than_t_share_holders() -> None:
     refusal(deployment, node, short, "only 4 neighbours alive after share-keys")
 
 
-def test_client_refuses_unmask_lists_that_skip_neighbours_or_leave_fewer_than_t() -> None:
+def test_client_refuses_survivor_sets_that_leave_fewer_than_t_or_omit_it() -> None:
+    deployment = Deployment(10)
+    deployment.run_to("consistency")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    t = deployment.params.threshold
+    # "u survived, every other neighbour dropped": b_u from this node, s_u from others.
+    lone = sorted([node, deployment.graph[node][0]])
+    without = [v for v in request["survivors"] if v != node]
+
+    refusal(deployment, node, {**request, "survivors": lone}, f"threshold t={t}")
+    refusal(deployment, node, {**request, "survivors": without}, "not in U3")
+    outsider = sorted([*request["survivors"], 12345])
+    refusal(deployment, node, {**request, "survivors": outsider}, r"\[12345\] are not in the")
+    assert len(deployment.ask(node, request)["signature"]) == 64  # honest: answered
+
+
+def test_unmask_is_answered_once_and_never_without_consistency_signatures() -> None:
     deployment = Deployment(10)
     deployment.run_to("unmask")
     node = deployment.cohort[0]
     request = deployment.server.requests()[node]
-    neighbours = request["survivors"]
+    t = deployment.params.threshold
+    bare = {**request, "signers": [], "identities": [], "signatures": []}
+
+    refusal(deployment, node, bare, rf"fewer than t={t} share holders")
+    reply = deployment.ask(node, request)  # the honest request is answered once
+    assert reply["b_ids"] == [*deployment.graph[node], node] and reply["sk_ids"] == []
+    refusal(deployment, node, request, r"unexpected unmask request: .* stage 'done'")
+
+
+# --- a malicious server: the consistency round ---------------------------------------------
+
+
+def split_view(deployment: Deployment, victim: int) -> tuple[list[int], dict[int, bytes]]:
+    """Show half of the cohort U3 and the other half U3 without ``victim``; collect signatures.
+
+    Returns the half shown the full U3 (the victim among them) and every node's signature.
+    """
+    requests = deployment.server.requests()
+    u3 = requests[victim]["survivors"]
+    half = sorted({victim, *deployment.cohort[: len(deployment.cohort) // 2 - 1]})
+    signatures = {}
+    for node, request in requests.items():
+        shown = u3 if node in half else [v for v in u3 if v != victim]
+        signatures[node] = deployment.ask(node, {**request, "survivors": shown})["signature"]
+    deployment.server.receive({node: {"signature": sig} for node, sig in signatures.items()})
+    return half, signatures
+
+
+def test_a_split_survivor_set_gets_at_most_one_secret_of_the_victim() -> None:
+    # The server tells some holders "v survived" (they would give up b_v) and the others "v
+    # dropped" (they would give up s_v). Each group signed a different set, so each can show
+    # only its own group's signatures, and 2t > k + 1 holders means one group falls short of
+    # t: the server gets at most one of v's secrets. Mixing the groups fails verification.
+    deployment = Deployment(10)  # all-to-all: k = 9, t = 6, 10 holders per node
+    deployment.run_to("consistency")
+    victim = deployment.cohort[3]
+    half, signatures = split_view(deployment, victim)
+    others = [v for v in deployment.cohort if v not in half]
+    requests = deployment.server.requests()
     t = deployment.params.threshold
 
-    # "u survived, every other neighbour dropped": b_u from this node, s_u from others.
-    lone = {**request, "survivors": neighbours[:1], "dropped": neighbours[1:]}
-    refusal(deployment, node, lone, f"only 1 surviving neighbours.*threshold t={t}")
-    skipped = {**request, "survivors": neighbours[1:], "dropped": []}
-    refusal(deployment, node, skipped, rf"neighbours \[{neighbours[0]}\] are listed neither")
-    assert deployment.ask(node, request)["b_ids"] == [*neighbours, node]  # honest: answered
+    def signed_by(node: int, signers: list[int]) -> dict:
+        return {
+            **requests[node],
+            "signers": signers,
+            "identities": [deployment.identities[v].public_key for v in signers],
+            "signatures": [signatures[v] for v in signers],
+        }
+
+    mixed = next(v for v in half if v != victim)
+    refusal(deployment, mixed, requests[mixed], "do not verify over the U3")
+    refusal(deployment, others[0], requests[others[0]], rf"nodes \[{victim}\] outside U3")
+    b_shares = s_shares = 0
+    for node in half:
+        refusal(deployment, node, signed_by(node, half), rf"fewer than t={t} share holders")
+    for node in others:
+        reply = deployment.ask(node, signed_by(node, others))
+        b_shares += victim in reply["b_ids"]
+        s_shares += victim in reply["sk_ids"]
+
+    assert len(half) < t <= len(others)
+    assert (b_shares, s_shares) == (0, len(others))  # s_v only: b_v still masks v's input
 
 
-def test_client_refuses_unmask_requests_that_could_reveal_both_secrets() -> None:
+def test_consistency_signatures_must_come_from_the_roster_and_the_same_identities() -> None:
     deployment = Deployment(10)
     deployment.run_to("unmask")
     node = deployment.cohort[0]
     request = deployment.server.requests()[node]
-    peer = request["survivors"][0]
-    outsider = 12345  # not in the cohort
-    both = {**request, "dropped": [peer]}
+    signer, other = [v for v in request["signers"] if v != node][:2]
+    i, j = request["signers"].index(signer), request["signers"].index(other)
+    forger = NodeIdentity.generate()
+    u3 = deployment.states[node]["survivors"]
+    forged = {**request, "identities": list(request["identities"])}
+    forged["signatures"] = list(request["signatures"])
+    forged["identities"][i] = forger.public_key
+    forged["signatures"][i] = forger.sign(survivors_statement(RUN, ROUND, signer, u3))
+    swapped = {**request, "identities": list(request["identities"])}
+    swapped["identities"][i], swapped["identities"][j] = (
+        request["identities"][j],
+        request["identities"][i],
+    )
 
-    refusal(deployment, node, both, f"both survivors and dropped: \\[{peer}\\]")
-    refusal(deployment, node, {**request, "dropped": [outsider]}, "no shares held")
-    refusal(deployment, node, {**request, "survivors": [node]}, "no shares held")
-    reply = deployment.ask(node, request)  # the honest request is still answered once
-    assert peer in reply["b_ids"] and node in reply["b_ids"] and peer not in reply["sk_ids"]
-    second = {**request, "survivors": [], "dropped": [peer]}
-    refusal(deployment, node, second, r"unexpected unmask request: .* stage 'done'")
-    refusal(deployment, node, request, "unexpected unmask request")
+    refusal(deployment, node, forged, "not on the roster")
+    refusal(deployment, node, swapped, "other identities than their keys were signed with")
+
+
+def test_dp_sized_client_refuses_fewer_verified_contributors_than_its_noise_assumed() -> None:
+    # A server that announces a large cohort shrinks each noise share; the client checks the
+    # signed U3 and its verified signers against the count its share was sized for.
+    deployment = Deployment(10, min_contributors=10)
+    deployment.run_to("consistency")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    fewer = [v for v in request["survivors"] if v != deployment.cohort[-1]]
+
+    refusal(deployment, node, {**request, "survivors": fewer}, "fewer than the 10 this node's")
+    deployment.step(silent=[deployment.cohort[-1]])  # 9 signers
+    refusal(deployment, node, deployment.server.requests()[node], "only 9 verified signers")
+
+
+# --- settings bound to the client's own config ----------------------------------------------
+
+
+def test_client_refuses_settings_that_differ_from_its_own_config() -> None:
+    policy = SecAggParams()
+    deployment = Deployment(5)
+    node = deployment.cohort[0]
+    own_bits = policy.validate(5, BOUND).modulus_bits
+    deployment.states[node] = SecAggClient(
+        node,
+        policy,
+        run=RUN,
+        identity=deployment.identities[node],
+        roster=deployment.roster,
+        expected_length=LENGTH,
+        value_bound=BOUND,
+    ).to_state()
+    request = deployment.server.requests()[node]
+    big = sorted({*make_cohort(6, seed=1), node})
+
+    refusal(deployment, node, {**request, "frac_bits": 8}, "frac_bits=8, this client encodes")
+    refusal(deployment, node, {**request, "modulus_bits": 64}, f"=64, .* give {own_bits}")
+    refusal(deployment, node, {**request, "vector_length": LENGTH + 1}, f"has {LENGTH} elements")
+    refusal(deployment, node, {**request, "cohort": big}, "larger than the roster")
+    assert set(deployment.ask(node, request)) >= {"identity", "key_signature"}
 
 
 def test_client_refuses_out_of_order_requests() -> None:
@@ -406,7 +615,7 @@ def test_client_state_is_flat_and_round_trips_and_secrets_are_wiped() -> None:
     state = deployment.states[node]
 
     assert all(
-        isinstance(value, (int, bytes))
+        isinstance(value, (int, float, bytes))
         or (isinstance(value, list) and all(isinstance(v, (int, bytes)) for v in value))
         for value in state.values()
     )
@@ -415,7 +624,7 @@ def test_client_state_is_flat_and_round_trips_and_secrets_are_wiped() -> None:
         SecAggClient.from_state({**state, "extra": 1})
     with pytest.raises(ValueError, match="'cohort' must be"):
         SecAggClient.from_state({**state, "cohort": ["a"]})
-    secrets = [state["c_sk"], state["s_sk"], state["self_mask_seed"]]
+    secrets = [state["c_sk"], state["s_sk"], state["self_mask_seed"], state["identity_sk"]]
     shown = repr(deployment.client(node)) + repr(vars(deployment.client(node)))
     assert all(
         len(secret) == 32 and secret.hex() not in shown and repr(secret) not in shown

@@ -3,7 +3,7 @@
 from common.secagg.errors import SecAggAbort, SecAggRefusal
 from common.secagg.params import SecAggParams
 
-STAGES = ("advertise", "share-keys", "masked-input", "unmask", "done")
-"""Protocol stages in order; the first four are one server request and one client reply each."""
+STAGES = ("advertise", "share-keys", "masked-input", "consistency", "unmask", "done")
+"""Protocol stages in order; all but "done" are one server request and one client reply each."""
 
 __all__ = ["STAGES", "SecAggAbort", "SecAggParams", "SecAggRefusal"]

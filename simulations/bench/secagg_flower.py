@@ -39,6 +39,7 @@ import argparse
 import logging
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,12 +60,13 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
 
-from client.app import plain_reply
+from client.app import plain_reply_content
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from common.config import RunConfig
 from common.protocol import NODE_RECORD, ROUND_RECORD, Contribution
 from common.quantise import dequantise, quantise_probs, rounding_generator
 from common.secagg import STAGES, SecAggParams
+from common.secagg.identity import ensure_identities
 from common.secure_codec import client_policy, value_bound
 from server.aggregation import Aggregator, PlainAggregator, RoundFailed, RoundPlan
 from server.cohort import NodeRegistry
@@ -163,18 +165,28 @@ def describe_reply(msg: Message, context: Context) -> Message:
     return Message(RecordDict({NODE_RECORD: record}), reply_to=msg)
 
 
-def train_reply(msg: Message, context: Context) -> Message:
-    """Answer our ``train``: the fixed contribution in the clear, or SecAgg+ stage 1 (advertise)."""
+def train_reply(msg: Message, context: Context, config: RunConfig) -> Message:
+    """Answer our ``train``: the fixed contribution in the clear, or SecAgg+ stage 1 (advertise).
+
+    ``config`` is the clients' run config (`bench_config`: CLIENT_CONFIG with a roster).
+    """
     contribution = fixed_contribution(_partition_id(context))
     if bool(msg.content[ROUND_RECORD].get("secagg", False)):
-        return start_secure_round(msg, context, CLIENT_CONFIG, contribution)
+        return start_secure_round(msg, context, config, contribution)
     counts = fixed_counts(_partition_id(context))
-    return plain_reply(msg, contribution, counts, CLIENT_CONFIG.label_bits, PUBLIC_HASH)
+    content = plain_reply_content(contribution, counts, CLIENT_CONFIG.label_bits, PUBLIC_HASH)
+    return Message(content, reply_to=msg)
 
 
-def stage_reply(msg: Message, context: Context, stage: str) -> Message:
-    """Answer one of our later SecAgg+ stages ('share-keys', 'masked-input' or 'unmask')."""
-    return continue_secure_round(msg, context, CLIENT_CONFIG, stage)
+def stage_reply(msg: Message, context: Context, stage: str, config: RunConfig) -> Message:
+    """Answer one of our later SecAgg+ stages (share-keys to unmask) with the clients' config."""
+    return continue_secure_round(msg, context, config, stage)
+
+
+def bench_config(identities_dir: Path, num_nodes: int) -> RunConfig:
+    """CLIENT_CONFIG with a roster of ``num_nodes`` identities made under ``identities_dir``."""
+    names = [f"partition-{i}" for i in range(num_nodes)]
+    return CLIENT_CONFIG.replace(secagg_roster=str(ensure_identities(identities_dir, names)))
 
 
 class _FixedSoftLabelsClient(NumPyClient):
@@ -191,8 +203,8 @@ def _flower_client_fn(context: Context) -> Client:
     return _FixedSoftLabelsClient(_partition_id(context)).to_client()
 
 
-def bench_client_app() -> ClientApp:
-    """One ClientApp for all three methods; no training anywhere.
+def bench_client_app(config: RunConfig) -> ClientApp:
+    """One ClientApp for all three methods; no training anywhere; ``config`` from `bench_config`.
 
     Every stage of Flower's SecAgg+ is a ``train`` message carrying its ``secaggplus_configs``
     record; those go to Flower's legacy ClientApp with `secaggplus_mod`, all others to ours.
@@ -204,17 +216,17 @@ def bench_client_app() -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         if RECORD_KEY_CONFIGS in msg.content:
             return flower(msg, context)
-        return train_reply(msg, context)
+        return train_reply(msg, context, config)
 
     app.query("describe")(describe_reply)
     for stage in LATER_STAGES:
-        app.train(stage_action(stage))(_stage_handler(stage))
+        app.train(stage_action(stage))(_stage_handler(stage, config))
     return app
 
 
-def _stage_handler(stage: str) -> Callable[[Message, Context], Message]:
+def _stage_handler(stage: str, config: RunConfig) -> Callable[[Message, Context], Message]:
     def handler(msg: Message, context: Context) -> Message:
-        return stage_reply(msg, context, stage)
+        return stage_reply(msg, context, stage, config)
 
     return handler
 
@@ -373,7 +385,9 @@ def run_size(num_nodes: int, rounds: int) -> dict[str, list[RoundOutcome]]:
         Method → one outcome per round, in round order.
     """
     outcomes: dict[str, list[RoundOutcome]] = {method: [] for method in METHODS}
-    run_apps(bench_server_app(num_nodes, rounds, outcomes), bench_client_app(), num_nodes)
+    with tempfile.TemporaryDirectory(prefix="feddistill-bench-ids-") as identities:
+        client_app = bench_client_app(bench_config(Path(identities), num_nodes))
+        run_apps(bench_server_app(num_nodes, rounds, outcomes), client_app, num_nodes)
     return outcomes
 
 
