@@ -219,6 +219,24 @@ def test_student_observer_smallest_setting(tmp_path):
     assert 0 <= summary["student_accuracy"][0] <= 1
 
 
+def test_public_outputs_smallest_setting(tmp_path):
+    results, _, report = run_experiment(
+        tmp_path,
+        "public-outputs",
+        "seeds=0",
+        "candidates=40",
+        "shadows=4",
+        "population_samples=50",
+        "proxy_epochs=2",
+        "num_clients=3",
+    )
+    assert set(results["channel"]) == {"public outputs (proxy)", "direct query (not allowed)"}
+    assert set(results["score"]) == {"confidence", "lira", "rmia"}
+    assert results["auc"].between(0, 1).all()
+    assert (results["members"] == 40).all() and (results["non_members"] == 40).all()
+    assert "Shi et al. 2025 setting" in report
+
+
 def test_label_distribution_attacks_the_per_row_totals_of_an_abstaining_method(tmp_path):
     results, _, _ = run_experiment(
         tmp_path,

@@ -34,6 +34,10 @@ EXPERIMENTS = {
         "simulations.leak.dp_tradeoff",
         "sweep distributed-DP noise: student accuracy, ε and the attack's TPR vs the DP bound",
     ),
+    "public-outputs": (
+        "simulations.leak.public_outputs",
+        "private-record membership from a client's public-set soft labels (Shi et al. 2025)",
+    ),
     "student-observer": (
         "simulations.leak.student_observer",
         "membership inference against the published student alone",

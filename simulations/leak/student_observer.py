@@ -185,7 +185,7 @@ def _shadow_student(
     teachers: list[torch.nn.Module | None] = [None] * len(datasets)
     digest = None
     for round_number in range(1, config.rounds + 1):
-        query = _query_rows(shadow_config, len(splits.public_x), round_number)
+        query = query_rows(shadow_config, len(splits.public_x), round_number)
         reports = []
         for i, data in enumerate(datasets):
             teachers[i], probs = train_and_report(
@@ -198,7 +198,7 @@ def _shadow_student(
     return predict_probs(student.model, inputs_x, 1.0, device), own
 
 
-def _query_rows(config: RunConfig, n_public: int, round_number: int) -> np.ndarray:
+def query_rows(config: RunConfig, n_public: int, round_number: int) -> np.ndarray:
     """Public rows queried in a round, by the ServerApp's rule (all, or a seeded subset)."""
     if config.public_query_size and config.public_query_size < n_public:
         rng = np.random.default_rng([config.seed, round_number, 4])
