@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from simulations.leak.audit import (
-    AuditViolation,
     audit_epsilon_from_scores,
-    check_audit_bound,
     empirical_epsilon,
     one_run_epsilon_lower_bound,
 )
@@ -132,15 +130,3 @@ def test_one_run_bound_with_delta_is_below_the_pure_bound():
 def test_one_run_bound_rejects_more_correct_than_made():
     with pytest.raises(ValueError, match="guesses_correct <= guesses_made <= n_canaries"):
         one_run_epsilon_lower_bound(11, 10, 100, DELTA)
-
-
-# --- the check ---------------------------------------------------------------------------------
-
-
-def test_check_raises_when_the_accountant_epsilon_is_below_the_audit_bound():
-    scores, is_member = separable_scores(2000)
-    bound = audit_epsilon_from_scores(scores, is_member, DELTA)
-
-    with pytest.raises(AuditViolation, match=r"exceeds the accountant's ε = 1\.000 \(z=1\)"):
-        check_audit_bound(bound, 1.0, "z=1")
-    check_audit_bound(bound, bound + 0.1, "z=0.1")

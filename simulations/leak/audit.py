@@ -20,10 +20,6 @@ from simulations.leak.metrics import clopper_pearson, roc_curve
 THRESHOLD_CHOICES = ("split", "bonferroni")
 
 
-class AuditViolation(RuntimeError):
-    """An audit proved more leakage than the accountant's ε allows."""
-
-
 def empirical_epsilon(
     tpr: float,
     fpr: float,
@@ -201,23 +197,6 @@ def one_run_epsilon_lower_bound(
         middle = 0.5 * (low + high)
         low, high = (middle, high) if tail(middle) < significance else (low, middle)
     return low
-
-
-def check_audit_bound(epsilon_lower: float, accountant_epsilon: float, where: str) -> None:
-    """Raise `AuditViolation` when an audit's ε lower bound exceeds the accountant's ε.
-
-    Parameters
-    ----------
-    epsilon_lower : ε lower bound proven by an attack (at its stated confidence).
-    accountant_epsilon : ε the accountant claims for the same release (inf = no DP).
-    where : which setting, named in the message.
-    """
-    if epsilon_lower > accountant_epsilon:
-        raise AuditViolation(
-            f"audit lower bound ε >= {epsilon_lower:.3f} exceeds the accountant's "
-            f"ε = {accountant_epsilon:.3f} ({where}): the release leaks more than its DP "
-            "guarantee allows (noise missing or smaller than accounted, or a wrong sensitivity)"
-        )
 
 
 def _epsilon_from_rates(tpr: float, fpr: float, delta: float) -> float:
