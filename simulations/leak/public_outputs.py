@@ -64,7 +64,7 @@ class Settings:
     """Settings of the `public-outputs` experiment (`--set key=value`)."""
 
     seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds; each retrains everything")
-    candidates: int = setting(300, "members per seed (target's records), and as many non-members")
+    candidates: int = setting(200, "members per seed (target's records), and as many non-members")
     shadows: int = setting(8, "shadow teachers per seed (even; each with half the candidates)")
     population_samples: int = setting(300, "test-pool records as RMIA's population samples z")
     proxy_epochs: int = setting(20, "epochs distilling each proxy on the public soft labels")
