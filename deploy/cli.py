@@ -111,6 +111,9 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     print(f"  SANs                {', '.join(server.sans)}")
     for pair in files.nodes:
         print(f"  {pair.name:<19} {pair.private_key} (node only), {pair.public_key} (register)")
+    if files.secagg_roster is not None:
+        print(f"  SecAgg+ roster      {files.secagg_roster}  (give to every SuperNode)")
+        print(f"  SecAgg+ identities  {files.secagg_roster.parent}/NAME.key  (each node its own)")
     return 0
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.config import RunConfig
-from deploy.certs import ServerFiles, generate_deployment_files
+from common.secagg.identity import ensure_identities, identity_file
+from deploy.certs import SECAGG_DIR, ServerFiles, generate_deployment_files
 from simulations.launcher import (
     APP_DIR,
     OFFLINE_ENV,
@@ -421,6 +422,8 @@ def _deploy_and_run(
         tls = files.server
         private_keys = {pair.name: pair.private_key for pair in files.nodes}
         public_keys = {pair.name: pair.public_key for pair in files.nodes}
+    # SecAgg+ identities and roster: the operator's, handed to each node beside its data.
+    roster = ensure_identities(workdir / "certs" / SECAGG_DIR, names)
     with local_cluster(workdir, logs_dir, tls) as cluster:
         progress(f"feddistill: SuperLink on {cluster.address} (logs: {logs_dir})")
         node_ids: dict[str, int] = {}
@@ -433,7 +436,12 @@ def _deploy_and_run(
             cluster.start_supernode(
                 SuperNodeSpec(
                     name=name,
-                    node_config={"state-dir": state_dir, **node_config},
+                    node_config={
+                        "state-dir": state_dir,
+                        "secagg-roster": str(roster),
+                        "secagg-identity": str(identity_file(roster.parent, name)),
+                        **node_config,
+                    },
                     private_key=private_keys.get(name),
                     root_certificates=None if tls is None else tls.ca_cert,
                 )
