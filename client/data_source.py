@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import load_flower_dataset, load_npz, load_splits, partition_indices
+from common.data import load_flower_dataset, load_npz, load_splits, partition_of
 
 
 def node_run_config(
@@ -57,10 +57,8 @@ def load_private_data(config: RunConfig, node_config: Mapping[str, object]) -> P
     partition_id = int(node_config["partition-id"])  # type: ignore[arg-type]
     # The node's view wins: the simulation engine sets num-partitions = num-supernodes.
     num_partitions = int(node_config.get("num-partitions", config.num_clients))  # type: ignore[arg-type]
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id}")
     splits = load_splits(config)
-    indices = partition_indices(splits.private_y, config, num_partitions)[partition_id]
+    indices = partition_of(splits.private_y, config, partition_id, num_partitions)
     return PrivateData(
         x=splits.private_x[indices],
         y=splits.private_y[indices],

@@ -15,11 +15,15 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.config import RunConfig
 from common.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 log = logging.getLogger(__name__)
 
@@ -337,25 +341,79 @@ def partition_indices(
     -------
     One sorted int64 index array per client; the arrays are disjoint and cover the pool.
     """
-    return _partition_cached(
-        labels.tobytes(),
-        num_partitions or config.num_clients,
+    count = num_partitions or config.num_clients
+    return [partition_of(labels, config, i, count) for i in range(count)]
+
+
+def partition_of(
+    labels: np.ndarray, config: RunConfig, partition_id: int, num_partitions: int | None = None
+) -> np.ndarray:
+    """One client's part, `partition_indices(labels, config, num_partitions)[partition_id]`,
+    computed without the other clients' parts.
+
+    A node needs only its own partition: the partitioner (for Dirichlet and pathological
+    splits, one assignment pass over the pool) is built once per process and kept, and each
+    part is cut from it when first asked for and kept too, so a simulated federation of many
+    clients never materialises every client's part in one process.
+
+    Returns
+    -------
+    (n_i,) int64 sorted indices into `labels`.
+    """
+    count = num_partitions or config.num_clients
+    if not 0 <= partition_id < count:
+        raise ValueError(f"partition-id must be in [0, {count}), got {partition_id}")
+    settings = (
+        count,
         config.partitioner,
         config.dirichlet_alpha,
         config.classes_per_client,
         config.seed,
     )
+    return _partition_cached(_Labels(labels), *settings, partition_id)
 
 
-@functools.lru_cache(maxsize=8)
+class _Labels:
+    """A label array as a cache key: equal by content digest, so the caches hold one digest
+    and a reference per entry instead of a copy of the labels."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.array = np.ascontiguousarray(labels, dtype=np.int64)
+        self.digest = hashlib.blake2b(self.array.data, digest_size=16).digest()
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Labels) and other.digest == self.digest
+
+
+@functools.lru_cache(maxsize=16384)  # index arrays of every part this process served
 def _partition_cached(
-    label_bytes: bytes,
+    labels: _Labels,
     num_clients: int,
     partitioner_name: str,
     alpha: float,
     classes_per_client: int,
     seed: int,
-) -> list[np.ndarray]:
+    partition_id: int,
+) -> np.ndarray:
+    partitioner = _partitioner_cached(
+        labels, num_clients, partitioner_name, alpha, classes_per_client, seed
+    )
+    partition = partitioner.load_partition(partition_id)
+    return np.sort(np.asarray(partition.with_format("numpy")[:]["index"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _partitioner_cached(
+    labels_key: _Labels,
+    num_clients: int,
+    partitioner_name: str,
+    alpha: float,
+    classes_per_client: int,
+    seed: int,
+) -> Partitioner:
     from datasets import Dataset
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -363,7 +421,7 @@ def _partition_cached(
         PathologicalPartitioner,
     )
 
-    labels = np.frombuffer(label_bytes, dtype=np.int64)
+    labels = labels_key.array
     if len(labels) < num_clients:
         raise ValueError(
             f"{len(labels)} private samples cannot be split over {num_clients} clients"
@@ -371,6 +429,7 @@ def _partition_cached(
     # IidPartitioner has no seed: shuffle rows first so the IID split still follows our seed.
     order = np.random.default_rng([seed, 1]).permutation(len(labels))
     table = Dataset.from_dict({"label": labels[order], "index": order})
+    partitioner: Partitioner
     if partitioner_name == "iid":
         partitioner = IidPartitioner(num_partitions=num_clients)
     elif partitioner_name == "dirichlet":
@@ -390,7 +449,4 @@ def _partition_cached(
             seed=seed,
         )
     partitioner.dataset = table
-    return [
-        np.sort(np.asarray(partitioner.load_partition(i).with_format("numpy")[:]["index"]))
-        for i in range(num_clients)
-    ]
+    return partitioner

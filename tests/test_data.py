@@ -16,6 +16,7 @@ from common.data import (
     load_npz,
     load_splits,
     partition_indices,
+    partition_of,
     public_hash,
     split_pools,
 )
@@ -38,9 +39,14 @@ def _partition(seed: int, num_clients: int = 10, **settings: object) -> list[np.
     Ten clients for ten classes: with fewer clients than classes the pathological partitioner
     leaves whole classes unassigned (Flower warns), so it could not cover the pool.
     """
-    data._partition_cached.cache_clear()
+    _clear_partition_caches()
     config = RunConfig.from_mapping({"seed": seed, "num_clients": num_clients, **settings})
     return partition_indices(PRIVATE_LABELS, config)
+
+
+def _clear_partition_caches() -> None:
+    data._partition_cached.cache_clear()
+    data._partitioner_cached.cache_clear()
 
 
 def _label_entropy(labels: np.ndarray) -> float:
@@ -109,7 +115,7 @@ def test_smaller_dirichlet_alpha_gives_more_skewed_label_distributions():
 
 
 def test_partition_count_follows_num_partitions_argument():
-    data._partition_cached.cache_clear()
+    _clear_partition_caches()
     config = RunConfig.from_mapping({"partitioner": "iid", "num_clients": 5})
 
     parts = partition_indices(PRIVATE_LABELS, config, num_partitions=4)
@@ -118,11 +124,47 @@ def test_partition_count_follows_num_partitions_argument():
 
 
 def test_too_few_private_samples_for_the_clients_is_an_error():
-    data._partition_cached.cache_clear()
+    _clear_partition_caches()
     config = RunConfig.from_mapping({"partitioner": "iid", "num_clients": 5})
 
     with pytest.raises(ValueError, match=r"3 private samples cannot be split over 5 clients"):
         partition_indices(np.array([0, 1, 0], dtype=np.int64), config)
+
+
+@pytest.mark.parametrize("settings", PARTITIONER_SETTINGS, ids=lambda s: str(s))
+def test_one_partition_is_cut_without_the_others_and_equals_the_full_split(settings):
+    # Prepare
+    config = RunConfig.from_mapping({"seed": 4, "num_clients": 10, **settings})
+    full = _partition(seed=4, **settings)
+    _clear_partition_caches()
+
+    # Execute
+    part = partition_of(PRIVATE_LABELS.copy(), config, 7)
+
+    # Assert: equal to the full split's part 7, and no other part was cut.
+    np.testing.assert_array_equal(part, full[7])
+    assert part.dtype == np.int64
+    assert data._partition_cached.cache_info().currsize == 1
+    assert data._partitioner_cached.cache_info().currsize == 1
+
+
+def test_partition_of_keeps_the_partitioner_for_later_parts():
+    _clear_partition_caches()
+    config = RunConfig.from_mapping({"partitioner": "dirichlet", "num_clients": 10})
+
+    for partition_id in range(3):
+        partition_of(PRIVATE_LABELS, config, partition_id)
+
+    assert data._partitioner_cached.cache_info().misses == 1
+    assert data._partition_cached.cache_info().currsize == 3
+
+
+@pytest.mark.parametrize("partition_id", [-1, 10])
+def test_partition_id_outside_the_partitions_is_an_error(partition_id):
+    config = RunConfig.from_mapping({"partitioner": "iid", "num_clients": 10})
+
+    with pytest.raises(ValueError, match=rf"partition-id must be in \[0, 10\), got {partition_id}"):
+        partition_of(PRIVATE_LABELS, config, partition_id)
 
 
 # --- public_hash -----------------------------------------------------------------------------
