@@ -595,10 +595,16 @@ class SecAggClient:
             raise SecAggRefusal(
                 f"nodes {switched} sign U3 with other identities than their keys were signed with"
             )
+        params = self.round_params
+        graph = neighbour_graph(state.cohort, params.neighbours, state.graph_seed)
+        owners = [*state.held_ids, state.node_id]
+        # The holders of the owners' shares matter; with DP on, every signer counts.
+        relevant = {v for owner in owners for v in (*graph[owner], owner)}
         forged = [
             v
             for v, identity, signature in zip(signers, identities, signatures, strict=True)
-            if not verify(
+            if (state.min_contributors or v in relevant)
+            and not verify(
                 identity,
                 signature,
                 survivors_statement(state.run, state.round, v, state.survivors),
@@ -614,12 +620,10 @@ class SecAggClient:
                 f"only {len(signers)} verified signers of U3, fewer than the "
                 f"{state.min_contributors} this node's DP noise share was sized for"
             )
-        params = self.round_params
-        graph = neighbour_graph(state.cohort, params.neighbours, state.graph_seed)
         signed = set(signers)
         short = [
             owner
-            for owner in [*state.held_ids, state.node_id]
+            for owner in owners
             if len(signed.intersection(graph[owner])) + (owner in signed) < params.threshold
         ]
         if short:

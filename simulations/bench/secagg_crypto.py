@@ -24,6 +24,7 @@ import pandas as pd
 from client.secagg import SecAggClient
 from common.secagg import STAGES, SecAggParams
 from common.secagg.encoding import decode_sum, encode
+from common.secagg.identity import NodeIdentity
 from server.secagg import SecAggServer
 
 VALUE_BOUND = 1.0  # soft labels and the weight 1 lie in [0, 1]
@@ -77,7 +78,12 @@ def run_round(n_clients: int, rows: int, classes: int, drop: float, seed: int) -
         for node, labels in soft_labels.items()
     }  # (Q·K + 1,) uint64
     server = SecAggServer(7, cohort, params, rows * classes + 1)
-    states = {node: SecAggClient(node, policy).to_state() for node in cohort}
+    identities = {node: NodeIdentity.generate() for node in cohort}  # signed keys, as deployed
+    roster = [identity.public_key for identity in identities.values()]
+    states = {
+        node: SecAggClient(node, policy, identity=identities[node], roster=roster).to_state()
+        for node in cohort
+    }
     rows_out = []
     for stage in STAGES[:-1]:
         start = time.perf_counter()
