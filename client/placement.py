@@ -1,4 +1,4 @@
-"""Where each ClientApp message ran: the Ray node, host and process, recorded in simulation.
+"""Where and how long each ClientApp message ran: Ray node, host, process, handler seconds.
 
 A ClientApp mod: after the handler returns, a ClientApp running inside a Ray worker (Flower's
 simulation engine, local or on a cluster) appends one JSON line per message to
@@ -14,13 +14,23 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 PLACEMENT_DIR = "placement"
-COLUMNS = ("ray_node_id", "host", "pid", "node_id", "partition_id", "message_type", "group_id")
+COLUMNS = (
+    "ray_node_id",
+    "host",
+    "pid",
+    "node_id",
+    "partition_id",
+    "message_type",
+    "group_id",
+    "seconds",
+)
 
 
 def ray_node_id() -> str | None:
@@ -36,8 +46,11 @@ def ray_node_id() -> str | None:
 
 
 def record_placement(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run the handler, then record where it ran (see module docstring)."""
+    """Run the handler, then record where it ran and its wall time in `seconds` (see module
+    docstring)."""
+    start = time.perf_counter()
     reply = call_next(msg, context)
+    seconds = time.perf_counter() - start
     node = ray_node_id()
     out_dir = str(context.run_config.get("out_dir", ""))
     if node is None or not out_dir:
@@ -50,6 +63,7 @@ def record_placement(msg: Message, context: Context, call_next: ClientAppCallabl
         "partition_id": context.node_config.get("partition-id"),
         "message_type": msg.metadata.message_type,
         "group_id": msg.metadata.group_id,
+        "seconds": seconds,
     }
     directory = Path(out_dir) / PLACEMENT_DIR
     directory.mkdir(parents=True, exist_ok=True)

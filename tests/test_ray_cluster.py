@@ -140,6 +140,7 @@ def test_client_messages_ran_on_both_nodes_of_the_cluster(ray_cluster, cluster_r
     assert handled == [(kind, i) for kind in ("query.describe", "train") for i in range(4)]
     assert {row["ray_node_id"] for row in rows} == ray_cluster.node_ids()
     assert sum(messages_per_ray_node(cluster_run).values()) == 8
+    assert all(row["seconds"] > 0 for row in rows)
 
 
 def test_run_on_the_cluster_completes_its_round(cluster_run):
