@@ -194,3 +194,14 @@ def _mentioning(temp_dir: Path) -> list[int]:
 def test_bad_ray_address_is_refused_with_the_allowed_forms(address):
     with pytest.raises(ValueError, match="HOST:PORT of the cluster's head node"):
         check_ray_address(address)
+
+
+def test_feddistill_run_refuses_a_bad_ray_address_before_preparing_data(tmp_path, capsys):
+    arguments = ["run", "--out", str(tmp_path / "run"), "--ray-address", "ray://head:10001"]
+
+    assert main(arguments) == 2
+
+    err = capsys.readouterr().err
+    assert "feddistill: error: ray address must be HOST:PORT" in err
+    assert "got 'ray://head:10001'" in err
+    assert not (tmp_path / "run").exists()
