@@ -1,8 +1,9 @@
 """Secure aggregation over the Flower Message API: one message type per SecAgg+ stage.
 
 Stage 1 rides on the round's `train` message (the client trains, encodes its contribution and
-advertises its keys); stages 2–4 are `train.secagg_share_keys`, `train.secagg_masked_input` and
-`train.secagg_unmask`. The protocol logic lives in `server.secagg.SecAggServer`; this module
+advertises its signed keys); stages 2–5 are `train.secagg_share_keys`,
+`train.secagg_masked_input`, `train.secagg_consistency` and `train.secagg_unmask`. The
+protocol logic lives in `server.secagg.SecAggServer`; this module
 only moves payloads and turns the exact integer sum back into soft labels.
 """
 
