@@ -164,6 +164,7 @@ def test_dp_tradeoff_frontier_smallest_setting(tmp_path):
         "seeds=0",
         "noise_multipliers=0,1",
         "record_noise_multipliers=1.1",
+        "record_local_epochs=1",
         "canaries=40",
         "shadows=4",
         "population_shadows=1",

@@ -61,14 +61,15 @@ class Settings:
 
     seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds (one federated run per point)")
     noise_multipliers: tuple[float, ...] = setting(
-        (0.0, 3.0, 6.0), "client-level: dp_noise_multiplier values z (0 = the non-private line)"
+        (0.0, 1.0, 2.0), "client-level: dp_noise_multiplier values z (0 = the non-private line)"
     )
     record_noise_multipliers: tuple[float, ...] = setting(
-        (0.8, 1.2, 2.0), "record-level: DP-SGD noise σ per point (the non-private line is added)"
+        (0.8, 1.0, 1.5), "record-level: DP-SGD noise σ per point (the non-private line is added)"
     )
     record_clients: int = setting(10, "record-level federation: clients (all in every round)")
     record_rounds: int = setting(5, "record-level federation: rounds (at most the run's rounds)")
     record_query_size: int = setting(0, "record-level: public rows per round (0 = all)")
+    record_local_epochs: int = setting(2, "record-level: teacher epochs (of ⌈1/q⌉ steps) a round")
     canaries: int = setting(300, "canaries per seed (half members) for the attacks")
     shadows: int = setting(8, "target shadows per seed (even)")
     population_shadows: int = setting(4, "shadows that model the rest of the cohort")
@@ -85,10 +86,10 @@ RUN_DEFAULTS = {
     "min_clients": 3,  # secagg_min_cohort: a 3-client test federation still forms a cohort
     "partitioner": "iid",
     "num_samples": 60000,
-    "rounds": 5,
+    "rounds": 4,
     "public_query_size": 200,
     "method": "dsfl",
-    "local_epochs": 2,
+    "local_epochs": 20,  # ~38 records per client: one batch per epoch
     "distill_epochs": 20,
     "teacher_models": "cnn1d-s",
     "student_model": "cnn1d-s",
@@ -171,6 +172,7 @@ def frontier_points(settings: Settings, config: RunConfig) -> list[Point]:
         fraction=1.0,
         rounds=min(settings.record_rounds, config.rounds),
         public_query_size=settings.record_query_size,
+        local_epochs=settings.record_local_epochs,
         dp_noise_multiplier=0.0,
     )
     points = [Point("record", 0.0, record.replace(dp_mode="off"))]
@@ -327,8 +329,9 @@ def _check_settings(settings: Settings) -> None:
         raise ValueError(f"attack_cohort must be >= 2, got {settings.attack_cohort}")
     if settings.record_clients < 2:
         raise ValueError(f"record_clients must be >= 2, got {settings.record_clients}")
-    if settings.record_rounds < 1:
-        raise ValueError(f"record_rounds must be >= 1, got {settings.record_rounds}")
+    for key in ("record_rounds", "record_local_epochs"):
+        if getattr(settings, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(settings, key)}")
     bad = [s for s in settings.record_noise_multipliers if s <= 0]
     if bad:
         raise ValueError(f"record_noise_multipliers must all be > 0, got {bad}")
