@@ -89,16 +89,21 @@ def train(msg: Message, context: Context) -> Message:
 
     if bool(round_config.get("secagg", False)):
         return start_secure_round(msg, context, config, contribution)
-    reply = plain_reply(msg, contribution, counts, config.label_bits, public_hash(splits.public_x))
-    if config.send_client_metrics or not config.secagg:
-        reply.content[METRICS_RECORD] = MetricRecord(metrics)
-    return reply
+    content = plain_reply_content(
+        contribution, counts, config.label_bits, public_hash(splits.public_x), metrics
+    )
+    return Message(content, reply_to=msg)
 
 
-def plain_reply(
-    msg: Message, contribution: Contribution, counts: np.ndarray, label_bits: int, digest: str
-) -> Message:
-    """The reply of plain aggregation: counts (Q, K) at `label_bits`, LZMA-coded, and the weight."""
+def plain_reply_content(
+    contribution: Contribution,
+    counts: np.ndarray,
+    label_bits: int,
+    digest: str,
+    metrics: dict[str, float] | None = None,
+) -> RecordDict:
+    """What a client sends under plain aggregation: counts (Q, K) at `label_bits`, LZMA-coded,
+    its weight, the public-set hash, and (plain mode always sends them) its metrics."""
     per_row = contribution.row_weights is not None
     content = RecordDict(
         {
@@ -110,7 +115,9 @@ def plain_reply(
             ),
         }
     )
-    return Message(content, reply_to=msg)
+    if metrics is not None:
+        content[METRICS_RECORD] = MetricRecord(metrics)
+    return content
 
 
 @app.train("secagg_share_keys")

@@ -75,10 +75,17 @@ class RoundPlan:
     _coded: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def train_message(self, node_id: int, extra: dict[str, object] | None = None) -> Message:
-        """The `train` message for one node; `extra` adds round-config fields (e.g. secagg).
+        """The `train` message for one node; `extra` adds round-config fields (e.g. secagg)."""
+        return Message(
+            self.train_content(extra),
+            dst_node_id=node_id,
+            message_type=MSG_TRAIN,
+            group_id=str(self.round),
+        )
 
-        Every node gets the same arrays, so they are coded once per round.
-        """
+    def train_content(self, extra: dict[str, object] | None = None) -> RecordDict:
+        """The records of a `train` message: the round config and the coded arrays (the same
+        for every node, so they are coded once per round)."""
         round_config = ConfigRecord(
             {
                 "round": self.round,
@@ -88,10 +95,7 @@ class RoundPlan:
                 **(extra or {}),
             }
         )
-        content = RecordDict({ROUND_RECORD: round_config, ARRAYS_RECORD: self._train_arrays()})
-        return Message(
-            content, dst_node_id=node_id, message_type=MSG_TRAIN, group_id=str(self.round)
-        )
+        return RecordDict({ROUND_RECORD: round_config, ARRAYS_RECORD: self._train_arrays()})
 
     def _train_arrays(self) -> ArrayRecord:
         """query_mask (⌈N/8⌉,) uint8; with a digest also digest_mask and digest_counts (LZMA)."""

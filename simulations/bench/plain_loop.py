@@ -4,27 +4,38 @@ Every round does what the simulation does, with the same functions and seeds: sa
 (`sample_cohort`), pick the public query (`choose_queries`), send the digest at `label_bits`, run
 each client's `run_local_round` on its partition (with `client_threads` torch threads, as a
 ClientApp does), quantise its report, add DP noise shares, sum the soft labels (through the
-same SecAgg+ protocol objects when `secagg` is on, in memory instead of over messages), form the ensemble, distil and evaluate the `Student` (with `server_threads`, as
-the ServerApp does). The difference to the simulation is the framework: messages,
-serialisation, actors, state persistence.
+same SecAgg+ protocol objects when `secagg` is on, in memory instead of over messages), form the
+ensemble, distil and evaluate the `Student` (with `server_threads`, as the ServerApp does).
+Payload bytes are counted on the records the apps would send. The difference to the simulation
+is the framework: messages, serialisation, actors, state persistence.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import RecordDict
 
+from client.app import plain_reply_content
 from client.privacy import add_dp_noise_share
 from client.secagg import SecAggClient
 from client.teacher import RoundInput, new_teacher, run_local_round
 from common.config import RunConfig
-from common.data import DatasetSplits
+from common.data import DatasetSplits, public_hash
 from common.methods import get_method
 from common.metrics import accuracy
-from common.protocol import Contribution, split_weighted_vector, summed_length
+from common.protocol import (
+    SECAGG_ARRAYS,
+    SECAGG_CONFIG,
+    Contribution,
+    payload_bytes,
+    split_weighted_vector,
+    summed_length,
+)
 from common.quantise import dequantise, digest_counts, quantise_contribution, rounding_generator
 from common.secagg import STAGES
 from common.secure_codec import (
@@ -32,9 +43,11 @@ from common.secure_codec import (
     decode_aggregate,
     dp_noise_share_std,
     encode_contribution,
+    payload_to_records,
     value_bound,
 )
 from common.training import resolve_device, seeded_generator
+from server.aggregation import RoundPlan
 from server.app import ensemble_calibration
 from server.cohort import NodeInfo, sample_cohort
 from server.queries import choose_queries
@@ -65,6 +78,7 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
     teachers: dict[int, torch.nn.Module] = {}
     student = Student(config, splits, device)
     method = get_method(config.method)
+    public_digest = public_hash(splits.public_x)
     previous: tuple[np.ndarray, np.ndarray] | None = None
     rows = []
     for round_number in range(1, config.rounds + 1):
@@ -77,6 +91,22 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
             student_view = student.probabilities(splits.public_x)  # as the ServerApp's plan
         query = choose_queries(config, len(splits.public_x), round_number, student_view)
         digest = previous if config.digest_epochs else None
+        plan = RoundPlan(
+            round=round_number,
+            cohort=cohort,
+            query_indices=query,
+            n_public=len(splits.public_x),
+            num_classes=splits.num_classes,
+            label_bits=config.label_bits,
+            public_hash=public_digest,
+            min_clients=config.min_clients,
+            timeout=config.round_timeout,
+            digest_indices=None if digest is None else digest[0],
+            digest_counts=None
+            if digest is None
+            else digest_counts(digest[1], config, round_number),
+            per_row_weights=method.per_row_weights,
+        )
         request = RoundInput(
             round=round_number,
             query_indices=query,
@@ -84,20 +114,25 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
             digest_probs=None if digest is None else sent_digest(digest[1], config, round_number),
         )
         torch.set_num_threads(config.client_threads)
-        contributions = {}
+        contributions, wire = {}, WireBytes.of_train_messages(plan, config.secagg)
         for node in cohort:
             fresh = node.index not in teachers
             if fresh:
                 teachers[node.index] = new_teacher(config, splits, node.index)
-            contribution, _ = run_local_round(
+            contribution, metrics = run_local_round(
                 teachers[node.index], config, splits, clients[node.index], request, device, fresh
             )
             rounding = rounding_generator(config.seed, round_number, node.index)
-            contribution, _ = quantise_contribution(contribution, config.label_bits, rounding)
+            contribution, counts = quantise_contribution(contribution, config.label_bits, rounding)
+            if not config.secagg:
+                reply = plain_reply_content(
+                    contribution, counts, config.label_bits, public_digest, metrics
+                )
+                wire.up += payload_bytes(reply)
             noise_std = dp_noise_share_std(config, len(query), len(cohort))
             contributions[node.node_id] = add_dp_noise_share(contribution, noise_std)
         weighted_sum, total_weight = (
-            secure_sum(config, contributions, splits.num_classes, round_number, len(query))
+            secure_sum(config, contributions, splits.num_classes, round_number, len(query), wire)
             if config.secagg
             else plain_sum(contributions, splits.num_classes, method.per_row_weights)
         )
@@ -124,12 +159,40 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
                 **ensemble_calibration(ensemble, splits.public_y[query], config),
                 "clients": len(cohort),
                 "rows_kept": int(combined.kept.sum()),
+                "bytes_up": wire.up,
+                "bytes_down": wire.down,
                 "aggregate_seconds": aggregate_seconds,
                 "distill_seconds": distill_seconds,
                 "seconds": time.perf_counter() - round_start,
             }
         )
     return rows
+
+
+@dataclass
+class WireBytes:
+    """Payload bytes of one round's messages, counted on the records the apps would send (the
+    same `payload_bytes` as the ServerApp's metrics)."""
+
+    up: int = 0
+    down: int = 0
+
+    @classmethod
+    def of_train_messages(cls, plan: RoundPlan, secagg: bool) -> WireBytes:
+        """Start a round's count with its `train` messages (SecAgg+ adds its stage-1 request)."""
+        one = payload_bytes(plan.train_content({"secagg": secagg}))
+        return cls(down=one * len(plan.cohort))
+
+    def add_stage(self, requests: dict[int, dict], replies: dict[int, dict]) -> None:
+        """Add one SecAgg+ stage's request and reply payloads (as `payload_to_records` sends)."""
+        for payloads, side in ((requests, "down"), (replies, "up")):
+            total = sum(_secagg_bytes(payload) for payload in payloads.values())
+            setattr(self, side, getattr(self, side) + total)
+
+
+def _secagg_bytes(payload: dict) -> int:
+    config, arrays = payload_to_records(payload)
+    return payload_bytes(RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays}))
 
 
 def sent_digest(ensemble_probs: np.ndarray, config: RunConfig, round_number: int) -> np.ndarray:
@@ -152,8 +215,10 @@ def secure_sum(
     num_classes: int,
     round_number: int,
     n_query: int,
+    wire: WireBytes,
 ) -> tuple[np.ndarray, float]:
-    """The same sum through all four SecAgg+ stages, every party in this process."""
+    """The same sum through every SecAgg+ stage, every party in this process; each stage's
+    payload bytes are added to `wire`."""
     per_row = get_method(config.method).per_row_weights
     cohort = sorted(contributions)
     policy = client_policy(config)
@@ -170,12 +235,13 @@ def secure_sum(
     )
     parties = {node: SecAggClient(node, policy) for node in cohort}
     for stage in STAGES[:-1]:
-        replies = {}
-        for node, request in server.requests().items():
+        requests, replies = server.requests(), {}
+        for node, request in requests.items():
             party = parties[node]
             vector = None
             if stage == "masked-input":
                 vector = encode_contribution(contributions[node], party.round_params, bound)
             replies[node] = party.respond(stage, request, vector)
+        wire.add_stage(requests, replies)
         server.receive(replies)
     return decode_aggregate(server.result().total, params, num_classes, per_row)
