@@ -23,7 +23,7 @@ from common.data import load_splits
 from common.protocol import Contribution
 from simulations.bench import report
 from simulations.bench.memory import PeakMemory
-from simulations.bench.plain_loop import secure_sum
+from simulations.bench.plain_loop import WireBytes, secure_sum
 from simulations.bench.runs import flower_run
 from simulations.bench.suite import Bench, BenchSpec
 
@@ -48,7 +48,7 @@ def secagg_compute_seconds(config: RunConfig, cohort: int, n_query: int, classes
         for node in range(1, cohort + 1)
     }
     start = time.perf_counter()
-    secure_sum(config, contributions, classes, 1, n_query)
+    secure_sum(config, contributions, classes, 1, n_query, WireBytes())  # bytes not reported
     return time.perf_counter() - start
 
 
