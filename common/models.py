@@ -16,6 +16,7 @@ _SIZES = {
     "mlp-s": ("mlp", 64),
     "mlp-m": ("mlp", 256),
     "mlp-l": ("mlp", 512),
+    "mlp-xl": ("mlp", 1024),  # 1.09 M parameters on MNIST-1D: the large-model comm case
     "cnn1d-s": ("cnn1d", 16),
     "cnn1d-m": ("cnn1d", 32),
     "cnn1d-l": ("cnn1d", 64),

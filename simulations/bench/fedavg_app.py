@@ -201,3 +201,8 @@ def main(grid: Grid, context: Context) -> None:
             **{key: final[key] for key in ("student_accuracy", "student_nll", "student_ece")},
         }
     )
+
+
+def fedavg_upload_bytes(config: RunConfig, splits: DatasetSplits) -> int:
+    """Bytes one FedAvg client uploads per round (model + weight), counted as in the run."""
+    return payload_bytes(train_reply_content(initial_student(config, splits), 1, 0.0))

@@ -13,6 +13,7 @@ is the framework: messages, serialisation, actors, state persistence.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from common.protocol import (
 )
 from common.quantise import dequantise, digest_counts, quantise_contribution, rounding_generator
 from common.secagg import STAGES
+from common.secagg.identity import NodeIdentity
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -58,20 +60,30 @@ from simulations.bench.baselines import client_data
 GRAPH_SEED_TAG = 31
 
 
-def run_plain(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
+ReportObserver = Callable[[int, int, np.ndarray], None]
+
+
+def run_plain(
+    config: RunConfig, splits: DatasetSplits, on_report: ReportObserver | None = None
+) -> list[dict[str, Any]]:
     """Run `config.rounds` rounds in this process; one metrics row per round.
+
+    `on_report(round, client index, counts)` sees every client's quantised report (Q, K) as
+    it would go on the wire (benches measure codings with it).
 
     Rows carry the simulation's column names: `seconds` spans the same work as the ServerApp's
     round time (sampling through evaluation), `aggregate_seconds` the clients plus the sum.
     """
     caller_threads = torch.get_num_threads()
     try:
-        return _rounds(config, splits)
+        return _rounds(config, splits, on_report)
     finally:  # the rounds switch between client and server thread counts; the caller keeps its
         torch.set_num_threads(caller_threads)
 
 
-def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
+def _rounds(
+    config: RunConfig, splits: DatasetSplits, on_report: ReportObserver | None
+) -> list[dict[str, Any]]:
     device = resolve_device(config.device)
     clients = client_data(config, splits)
     nodes = [NodeInfo(node_id=p.index + 1, index=p.index, label=p.label) for p in clients]
@@ -124,6 +136,8 @@ def _rounds(config: RunConfig, splits: DatasetSplits) -> list[dict[str, Any]]:
             )
             rounding = rounding_generator(config.seed, round_number, node.index)
             contribution, counts = quantise_contribution(contribution, config.label_bits, rounding)
+            if on_report is not None:
+                on_report(round_number, node.index, counts)
             if not config.secagg:
                 reply = plain_reply_content(
                     contribution, counts, config.label_bits, public_digest, metrics
@@ -217,7 +231,8 @@ def secure_sum(
     n_query: int,
     wire: WireBytes,
 ) -> tuple[np.ndarray, float]:
-    """The same sum through every SecAgg+ stage, every party in this process; each stage's
+    """The same sum through every SecAgg+ stage, every party in this process with its own
+    Ed25519 identity on a shared roster (the authenticated protocol the apps run); each stage's
     payload bytes are added to `wire`."""
     per_row = get_method(config.method).per_row_weights
     cohort = sorted(contributions)
@@ -233,7 +248,22 @@ def secure_sum(
         summed_length(n_query, num_classes, per_row),
         graph_seed=graph_seed,
     )
-    parties = {node: SecAggClient(node, policy) for node in cohort}
+    identities = {node: NodeIdentity.generate() for node in cohort}
+    roster = sorted(identity.public_key for identity in identities.values())
+    min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
+    length = summed_length(n_query, num_classes, per_row)
+    parties = {
+        node: SecAggClient(
+            node,
+            policy,
+            identity=identities[node],
+            roster=roster,
+            expected_length=length,
+            value_bound=bound,
+            min_contributors=min_contributors,
+        )
+        for node in cohort
+    }
     for stage in STAGES[:-1]:
         requests, replies = server.requests(), {}
         for node, request in requests.items():

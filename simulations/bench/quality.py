@@ -13,7 +13,8 @@ labels.
 Knob `engine=inprocess` runs the federated methods without Flower instead, as
 `plain_loop.run_plain` and `baselines.fedavg_in_process` (the same computation: the tests and
 the `overhead` suite check that it reproduces the simulation), for machines without Ray; upload
-bytes are then not measured.
+bytes are then counted on the records the apps would send (FD: `run_plain`'s `bytes_up`;
+FedAvg: its reply content, the same every round).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from simulations.bench.baselines import (
     tuned_fedavg,
     tuned_fedprox,
 )
+from simulations.bench.fedavg_app import fedavg_upload_bytes
 from simulations.bench.plain_loop import run_plain
 from simulations.bench.runs import flower_run
 from simulations.bench.suite import Bench, BenchSpec
@@ -138,8 +140,8 @@ def federated(bench: Bench, config: RunConfig, label: str, app: str) -> tuple[pd
     """Run FD ('feddistill') or FedAvg ('fedavg') with the suite's engine.
 
     Returns the per-round curve (round, accuracy, nll, ece, seconds, cumulative
-    upload_mb_per_client; upload NaN in process, seconds NaN for in-process FedAvg) and the wall
-    seconds (the ServerApp's own time under Flower, the computation's in process).
+    upload_mb_per_client; seconds NaN for in-process FedAvg) and the wall seconds (the
+    ServerApp's own time under Flower, the computation's in process).
     """
     if bench.knobs["engine"] == "flower":
         result = flower_run(bench, config, label, app=app)
@@ -151,9 +153,11 @@ def federated(bench: Bench, config: RunConfig, label: str, app: str) -> tuple[pd
     else:
         device = resolve_device(config.device)
         rows = fedavg_in_process(config, splits, splits.test_x, splits.test_y, device)
+        per_client = fedavg_upload_bytes(config, splits)
+        rows = [{**row, "bytes_up": per_client, "clients": 1} for row in rows]
     # A failed round (e.g. a method that kept no ensemble row) has no metrics: NaN, not absent.
     frame = pd.DataFrame(rows).reindex(
-        columns=["student_accuracy", "student_nll", "student_ece", "seconds"]
+        columns=["student_accuracy", "student_nll", "student_ece", "seconds", "bytes_up", "clients"]
     )
     curve = pd.DataFrame(
         {
@@ -162,7 +166,7 @@ def federated(bench: Bench, config: RunConfig, label: str, app: str) -> tuple[pd
             "nll": frame["student_nll"],
             "ece": frame["student_ece"],
             "seconds": frame["seconds"],
-            "upload_mb_per_client": float("nan"),
+            "upload_mb_per_client": (frame["bytes_up"] / frame["clients"]).cumsum() / 1e6,
         }
     )
     return curve, time.perf_counter() - start
