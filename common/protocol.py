@@ -1,7 +1,7 @@
 """Names and payload layouts shared by the ServerApp and the ClientApp (the wire contract).
 
 One round, plain aggregation: the server sends `train` with a `round` ConfigRecord (round number,
-public-set hash, secagg flag, cohort size, `label_bits`) and an `arrays` ArrayRecord
+public-set hash, secagg flag, `label_bits`) and an `arrays` ArrayRecord
 (`query_mask`: the queried public indices as a bitmask, and optionally `digest_mask` with
 `digest_counts`, the previous ensemble quantised at `label_bits` and LZMA-coded; see
 `common.label_coding`); the client answers with a `contribution` ArrayRecord (`counts`: its

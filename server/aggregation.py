@@ -90,7 +90,6 @@ class RoundPlan:
             {
                 "round": self.round,
                 "public_hash": self.public_hash,
-                "cohort_size": len(self.cohort),
                 "label_bits": self.label_bits,
                 **(extra or {}),
             }
