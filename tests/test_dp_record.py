@@ -25,7 +25,9 @@ from common.dp_sgd import (
     unsupported_layers,
 )
 from common.models import MODEL_NAMES, build_model
+from simulations.bench.plain_loop import run_plain
 from simulations.leak.cli import main as leak_main
+from simulations.leak.one_shot import cohort_reports, release
 
 TINY_RECORD = {
     "num_samples": 1500,
@@ -165,6 +167,10 @@ def test_dp_tradeoff_frontier_smallest_setting(tmp_path):
         "noise_multipliers=0,1",
         "record_noise_multipliers=1.1",
         "record_local_epochs=1",
+        "record_clients=3",
+        "record_rounds=2",
+        "record_num_samples=1500",
+        "attack_num_samples=1500",
         "canaries=40",
         "shadows=4",
         "population_shadows=1",
@@ -172,6 +178,8 @@ def test_dp_tradeoff_frontier_smallest_setting(tmp_path):
         "num_clients=3",
         "rounds=2",
         "num_samples=1500",
+        "public_fraction=0.2",
+        "test_fraction=0.2",
         "public_query_size=20",
         "local_epochs=1",
         "distill_epochs=1",
@@ -200,3 +208,46 @@ def test_dp_tradeoff_frontier_smallest_setting(tmp_path):
     audited = results.dropna(subset=["audit_eps_lower"])
     assert len(audited) == 4  # 2 DP points × (confidence, LiRA)
     assert (audited["audit_eps_lower"] <= audited["epsilon"]).all()
+
+
+ONE_SHOT = {
+    "num_samples": 1500,
+    "num_clients": 6,
+    "fraction": 0.5,
+    "min_clients": 3,
+    "rounds": 1,
+    "public_query_size": 50,
+    "method": "dsfl",
+    "local_epochs": 1,
+    "distill_epochs": 2,
+    "teacher_models": "mlp-s",
+    "student_model": "mlp-s",
+}
+
+
+def test_one_shot_release_without_noise_is_run_plains_round():
+    config = RunConfig.from_mapping(ONE_SHOT)  # secagg on: run_plain sums through SecAgg+
+    splits = load_splits(config)
+    expected = run_plain(config, splits)[0]
+
+    reports = cohort_reports(config, splits)
+    row = release(config, splits, reports)
+
+    assert len(reports.reports) == expected["clients"] == 3  # ⌈0.5 · 6⌉
+    assert len(reports.query) == 50
+    for key in ("student_accuracy", "student_nll", "ensemble_public_accuracy", "rows_kept"):
+        assert row[key] == expected[key]
+
+
+def test_one_shot_noise_changes_only_the_release():
+    config = RunConfig.from_mapping(ONE_SHOT)
+    splits = load_splits(config)
+    reports = cohort_reports(config, splits)
+    noisy = config.replace(dp_mode="client", dp_noise_multiplier=50.0)
+
+    assert (
+        release(noisy, splits, reports)["student_nll"]
+        != release(config, splits, reports)["student_nll"]
+    )
+    with pytest.raises(ValueError, match="rounds == 1, got rounds=2"):
+        cohort_reports(config.replace(rounds=2), splits)

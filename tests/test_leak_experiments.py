@@ -194,11 +194,20 @@ def test_dp_tradeoff_smallest_setting(tmp_path):
         "dp-tradeoff",
         "seeds=0",
         "noise_multipliers=0.5",
+        "record_noise_multipliers=1.1",
+        "record_clients=3",
+        "record_rounds=1",
+        "record_local_epochs=1",
+        "record_num_samples=3000",
+        "attack_num_samples=3000",
         "canaries=40",
         "shadows=4",
         "population_shadows=1",
         "num_clients=3",
         "rounds=1",
+        "public_fraction=0.2",
+        "test_fraction=0.2",
+        "public_query_size=20",
     )
     assert not results["violation"].any()
     assert summary["epsilon_run"]["z=0.5"] == pytest.approx(9.997, abs=0.01)

@@ -6,16 +6,22 @@ clients' and the server's own code without Flower's messaging):
 
 - record-level DP (`dp_mode=record`): `record_clients` clients (all in every round) train DP-SGD
   teachers; one point per DP-SGD noise σ, ε per record from Opacus' accountant over every step;
-- client-level DP (`dp_mode=client`): the run config's federation (by default 1000 clients, half
-  sampled per round, few public rows per round); one point per noise multiplier z, ε per client
-  from the PLD accountant over the rounds the most-sampled client took part in.
+- client-level DP (`dp_mode=client`): the run config's federation (by default 1000 clients of
+  ~825 records each, half sampled, one round releasing 4000 public rows); one point per noise
+  multiplier z, ε per client from the PLD accountant over the rounds the most-sampled client took
+  part in. A one-round federation trains its cohort once per seed and noises the same reports
+  for every z (`simulations.leak.one_shot`, `run_plain`'s round step for step); with more
+  rounds every z is its own `run_plain`.
 
 Each federation also runs without DP (σ or z absent; z = 0 among `noise_multipliers`): the
 non-private line. Attacks per DP point (the canary attack of `canary`, online LiRA and raw
 confidence): record-level reads the target's own soft labels (no secure aggregation, the
 strongest view) of a DP-SGD teacher after one round; client-level reads noised secure sums of
 an `attack_cohort`-client cohort (ε per release does not depend on the cohort size, and a small
-cohort is the attacker's best case). From the scores, `simulations.leak.audit` gives an ε lower
+cohort is the attacker's best case). The attack worlds have their own, smaller data set
+(`attack_num_samples`): they retrain a dozen models per point, and a federation's data split
+over the world's few clients would give each far more records than a federation's client. From
+the scores, `simulations.leak.audit` gives an ε lower
 bound (held-out threshold, 95 % confidence); a bound above the accountant's ε of that release
 fails the experiment loudly.
 """
@@ -48,6 +54,7 @@ from simulations.leak.canary import (
 from simulations.leak.evaluate import membership_metrics, tpr_cell
 from simulations.leak.experiment import Experiment, setting
 from simulations.leak.metrics import roc_curve
+from simulations.leak.one_shot import cohort_reports, release
 from simulations.leak.report import Report, markdown_table, mean_std
 
 FPR_TARGET = 0.01
@@ -61,13 +68,17 @@ class Settings:
 
     seeds: tuple[int, ...] = setting((0, 1, 2), "experiment seeds (one federated run per point)")
     noise_multipliers: tuple[float, ...] = setting(
-        (0.0, 1.0, 2.0), "client-level: dp_noise_multiplier values z (0 = the non-private line)"
+        (0.0, 0.6, 1.0, 2.0),
+        "client-level: dp_noise_multiplier values z (0 = the non-private line)",
     )
     record_noise_multipliers: tuple[float, ...] = setting(
         (0.8, 1.0, 1.5), "record-level: DP-SGD noise σ per point (the non-private line is added)"
     )
     record_clients: int = setting(10, "record-level federation: clients (all in every round)")
-    record_rounds: int = setting(5, "record-level federation: rounds (at most the run's rounds)")
+    record_rounds: int = setting(5, "record-level federation: rounds")
+    record_num_samples: int = setting(
+        60000, "record-level federation: MNIST-1D samples (10 clients: 3840 records each)"
+    )
     record_query_size: int = setting(0, "record-level: public rows per round (0 = all)")
     record_local_epochs: int = setting(2, "record-level: teacher epochs (of ⌈1/q⌉ steps) a round")
     canaries: int = setting(300, "canaries per seed (half members) for the attacks")
@@ -75,21 +86,30 @@ class Settings:
     population_shadows: int = setting(4, "shadows that model the rest of the cohort")
     attack_rows: int = setting(10, "client-level: canary rows per attacked secure sum (a release)")
     attack_cohort: int = setting(10, "client-level: clients in each attacked secure sum")
+    attack_num_samples: int = setting(
+        20000, "MNIST-1D samples of each attack world (its own split of target, cohort, shadows)"
+    )
 
 
-# The client-level federation: ≥ 500 clients per round (sampled as the scale suite does), few
-# public rows per round, DS-FL's sharpening (robust to noise on the mean). Δ₂ = sqrt(2Q) per
-# round, sqrt(2) per row.
+# The client-level federation: 1000 clients, 500 sampled per round as the scale suite samples.
+# Its limit is data per client, not noise: one cnn1d-s teacher on 300 MNIST-1D records reaches
+# ~0.3, on 1000 ~0.7 (and an ensemble of 300-record teachers saturates near 0.55), so the clients
+# get ~825 records each (850k generated samples, 1 % public and 2 % test: 8330 public and 17k test
+# rows). One round releases Q = 4000 public rows (Δ₂ = sqrt(2Q) = 89.4, sqrt(2) per row): one
+# Gaussian release is as private as many smaller ones of the same total rows (see
+# `simulations.leak.one_shot`), and it trains each teacher once. DS-FL's sharpening of the mean.
 RUN_DEFAULTS = {
     "num_clients": 1000,
     "fraction": 0.5,
     "min_clients": 3,  # secagg_min_cohort: a 3-client test federation still forms a cohort
     "partitioner": "iid",
-    "num_samples": 60000,
-    "rounds": 4,
-    "public_query_size": 200,
+    "num_samples": 850000,
+    "public_fraction": 0.01,
+    "test_fraction": 0.02,
+    "rounds": 1,
+    "public_query_size": 4000,
     "method": "dsfl",
-    "local_epochs": 20,  # ~38 records per client: one batch per epoch
+    "local_epochs": 10,
     "distill_epochs": 20,
     "teacher_models": "cnn1d-s",
     "student_model": "cnn1d-s",
@@ -120,18 +140,18 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
     _check_settings(settings)
     points = frontier_points(settings, config)
     accuracy: dict[str, list[float]] = {}
+    ensemble: dict[str, list[float]] = {}
     run_epsilon: dict[str, float] = {}
     scores: dict[tuple[str, str], list[np.ndarray]] = {}
     members: dict[str, list[np.ndarray]] = {}
     for seed in settings.seeds:
-        for point in points:
-            seeded = point.config.replace(seed=seed)
-            report.progress(f"seed {seed}, {point.label}: federated run ({seeded.rounds} rounds)")
-            accuracy.setdefault(point.label, []).append(_student_accuracy(seeded))
-            run_epsilon[point.label] = run_epsilon_of(point, seeded)
+        for point, row in _federated_runs(points, seed, report):
+            accuracy.setdefault(point.label, []).append(float(row["student_accuracy"]))
+            ensemble.setdefault(point.label, []).append(float(row["ensemble_public_accuracy"]))
+            run_epsilon[point.label] = run_epsilon_of(point, point.config.replace(seed=seed))
             report.progress(
-                f"seed {seed}, {point.label}: student accuracy {accuracy[point.label][-1]:.3f}, "
-                f"ε = {run_epsilon[point.label]:.3g}"
+                f"seed {seed}, {point.label}: student accuracy {accuracy[point.label][-1]:.3f} "
+                f"(ensemble {ensemble[point.label][-1]:.3f}), ε = {run_epsilon[point.label]:.3g}"
             )
         for label, view, is_member in _attack_views(settings, points, seed, report):
             members.setdefault(label, []).append(is_member)
@@ -161,16 +181,17 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
                 ]
             )
     _plot(report, points, accuracy, run_epsilon, pooled)
-    _write_tables(report, settings, points, accuracy, run_epsilon, pooled)
+    _write_tables(report, settings, points, accuracy, ensemble, run_epsilon, pooled)
 
 
 def frontier_points(settings: Settings, config: RunConfig) -> list[Point]:
     """The record-level federation's points (no DP, then each σ) and the run config's
     client-level points (each z, 0 = no DP)."""
     record = config.replace(
-        num_clients=min(settings.record_clients, config.num_clients),
+        num_clients=settings.record_clients,
+        num_samples=settings.record_num_samples,
         fraction=1.0,
-        rounds=min(settings.record_rounds, config.rounds),
+        rounds=settings.record_rounds,
         public_query_size=settings.record_query_size,
         local_epochs=settings.record_local_epochs,
         dp_noise_multiplier=0.0,
@@ -215,11 +236,33 @@ def release_epsilon(point: Point) -> float:
     return epsilon(point.noise, 1, point.config.dp_delta)
 
 
-def _student_accuracy(config: RunConfig) -> float:
-    rows = [row for row in run_plain(config, load_splits(config)) if row["status"] == "ok"]
-    if not rows:
-        raise RuntimeError(f"federated run (seed {config.seed}) completed no round")
-    return float(rows[-1]["student_accuracy"])
+def _federated_runs(points: list[Point], seed: int, report: Report):
+    """Yield (point, its last completed round's metrics row) for every point at `seed`.
+
+    One-round client-level points share one cohort's teachers (`one_shot`); every other point is
+    its own `run_plain`."""
+    one_shot = [p for p in points if p.mode == "client" and p.config.rounds == 1]
+    for point in (p for p in points if p not in one_shot):
+        config = point.config.replace(seed=seed)
+        report.progress(f"seed {seed}, {point.label}: federated run ({config.rounds} rounds)")
+        rows = [row for row in run_plain(config, load_splits(config)) if row["status"] == "ok"]
+        if not rows:
+            raise RuntimeError(f"federated run ({point.label}, seed {seed}) completed no round")
+        yield point, rows[-1]
+    if not one_shot:
+        return
+    teachers = one_shot[0].config.replace(seed=seed, dp_mode="off", dp_noise_multiplier=0.0)
+    splits = load_splits(teachers)
+    report.progress(
+        f"seed {seed}: one-shot client-level round, {_cohort(teachers)} teachers trained once "
+        f"for z in {[p.noise for p in one_shot]}"
+    )
+    reports = cohort_reports(teachers, splits)
+    for point in one_shot:
+        row = release(point.config.replace(seed=seed), splits, reports)
+        if row["status"] != "ok":
+            raise RuntimeError(f"one-shot release ({point.label}, seed {seed}): {row['status']}")
+        yield point, row
 
 
 def _attack_views(settings: Settings, points: list[Point], seed: int, report: Report):
@@ -250,10 +293,18 @@ def _attack_views(settings: Settings, points: list[Point], seed: int, report: Re
 
 
 def _world(config: RunConfig, n_clients: int, settings: Settings, report: Report) -> CanaryWorld:
-    """The canary world of `canary.build_world`: target, n_clients − 1 others and shadows, all
-    trained as `config` trains teachers (DP-SGD under dp_mode=record)."""
+    """The canary world of `canary.build_world` on `attack_num_samples` samples split as
+    `RunConfig`'s defaults split (the attacker's pool is the test pool): target,
+    n_clients − 1 others and shadows, all trained as `config` trains teachers (DP-SGD under
+    dp_mode=record)."""
+    defaults = RunConfig()
     return build_world(
-        config.replace(fraction=1.0),
+        config.replace(
+            fraction=1.0,
+            num_samples=settings.attack_num_samples,
+            public_fraction=defaults.public_fraction,
+            test_fraction=defaults.test_fraction,
+        ),
         n_clients,
         settings.canaries,
         settings.shadows,
@@ -400,6 +451,7 @@ def _write_tables(
     settings: Settings,
     points: list[Point],
     accuracy: dict,
+    ensemble: dict,
     run_epsilon: dict,
     pooled: dict,
 ) -> None:
@@ -411,6 +463,7 @@ def _write_tables(
             "rounds": point.config.rounds,
             "ε run": _epsilon_cell(run_epsilon[point.label]),
             "student acc": mean_std(accuracy[point.label]),
+            "ensemble acc (public rows)": mean_std(ensemble[point.label]),
         }
         if point.private:
             lira = pooled[(point.label, "lira")]
@@ -427,7 +480,9 @@ def _write_tables(
     table = pd.DataFrame(frontier).astype(object).fillna("—")
     report.add_section(
         "Frontier: student accuracy against ε",
-        f"{len(settings.seeds)} seed(s), δ = {points[0].config.dp_delta}; mean ± std over seeds. "
+        f"{len(settings.seeds)} seed(s), δ = {points[0].config.dp_delta}; mean ± std over seeds "
+        "of the last round's student test accuracy and of its ensemble's accuracy on the queried "
+        "public rows (their labels are never used in training). "
         f"'ε run' is the accountant's ε after the whole run for the most exposed record "
         f"(record-level, Opacus PRV) or client (client-level, PLD over the rounds of the "
         f"most-sampled client). Attacks: {settings.canaries} canaries per seed (half members), "
@@ -437,6 +492,7 @@ def _write_tables(
     )
     report.add_section("Sensitivity and accounting", _accounting_text(settings, points))
     report.summary["student_accuracy"] = {label: values for label, values in accuracy.items()}
+    report.summary["ensemble_accuracy"] = {label: values for label, values in ensemble.items()}
     report.summary["epsilon_run"] = {
         f"z={p.noise:g}": run_epsilon[p.label] for p in points if p.mode == "client"
     }
@@ -467,6 +523,12 @@ def _accounting_text(settings: Settings, points: list[Point]) -> str:
         f"the ensemble mean carries noise z·sqrt(2Q)/{cohort} = {per_round / cohort:.4f}·z. The "
         f"client-level attack sums {settings.attack_rows} canary rows per release "
         f"(Δ₂ = {soft_label_sensitivity(settings.attack_rows):.2f})."
+        + (
+            " One-round client-level points train the cohort once per seed and sum each z's "
+            "noised reports in the clear (`simulations.leak.one_shot`): the value SecAgg+ returns."
+            if client.rounds == 1
+            else ""
+        )
     )
 
 
