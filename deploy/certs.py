@@ -129,7 +129,7 @@ def generate_server_files(
         server_key=out_dir / "server.key",
         sans=sans,
     )
-    _refuse_existing([files.ca_cert, files.ca_key, files.server_cert, files.server_key])
+    refuse_existing([files.ca_cert, files.ca_key, files.server_cert, files.server_key])
     now = datetime.now(UTC)
     not_before, not_after = now - CLOCK_SKEW, now + timedelta(days=days)
 
@@ -170,10 +170,10 @@ def generate_server_files(
         .sign(ca_key, hashes.SHA384())
     )
 
-    _write_private(files.ca_key, _pem_private(ca_key))
-    _write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.server_key, _pem_private(server_key))
-    _write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.ca_key, _pem_private(ca_key))
+    write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.server_key, _pem_private(server_key))
+    write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     return files
 
 
@@ -192,7 +192,7 @@ def generate_node_key(out_dir: Path, name: str) -> NodeKeyPair:
     pair = NodeKeyPair(
         name=name, private_key=out_dir / f"{name}.key", public_key=out_dir / f"{name}.pub"
     )
-    _refuse_existing([pair.private_key, pair.public_key])
+    refuse_existing([pair.private_key, pair.public_key])
     key = ec.generate_private_key(CURVE())
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -202,8 +202,8 @@ def generate_node_key(out_dir: Path, name: str) -> NodeKeyPair:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    _write_private(pair.private_key, private)
-    _write_public(pair.public_key, public + f" {name}\n".encode())
+    write_private(pair.private_key, private)
+    write_public(pair.public_key, public + f" {name}\n".encode())
     return pair
 
 
@@ -219,8 +219,8 @@ def generate_deployment_files(
         raise ValueError(f"nodes must be >= 0, got {nodes}")
     node_dir = out_dir / "supernodes"
     names = [f"supernode-{i}" for i in range(nodes)]
-    _refuse_existing([node_dir / f"{n}{suffix}" for n in names for suffix in (".key", ".pub")])
-    _refuse_existing([out_dir / SECAGG_DIR / ROSTER_FILE])
+    refuse_existing([node_dir / f"{n}{suffix}" for n in names for suffix in (".key", ".pub")])
+    refuse_existing([out_dir / SECAGG_DIR / ROSTER_FILE])
     server = generate_server_files(out_dir, extra_sans, days)
     pairs = tuple(generate_node_key(node_dir, name) for name in names)
     roster = ensure_identities(out_dir / SECAGG_DIR, names) if names else None
@@ -271,17 +271,20 @@ def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _refuse_existing(paths: Sequence[Path]) -> None:
+def refuse_existing(paths: Sequence[Path]) -> None:
+    """ValueError naming every path in `paths` that already exists (keys are never replaced)."""
     existing = [str(path) for path in paths if path.exists()]
     if existing:
         raise ValueError(f"refusing to overwrite existing key/certificate file(s): {existing}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 (whatever the umask) and write `data`; never overwrite."""
     _write_exclusive(path, data, 0o600)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0644 and write `data`; never overwrite."""
     _write_exclusive(path, data, 0o644)
 
 

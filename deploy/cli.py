@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from simulations.cli import resolve_config
+from simulations.launcher import APP_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node_key.add_argument("--out", required=True, type=Path, help="output directory")
     node_key.add_argument("--name", required=True, help="key name: writes NAME.key, NAME.pub")
     node_key.set_defaults(handler=_cmd_node_key)
+
+    app_key = deploy_commands.add_parser(
+        "app-key",
+        help="an Ed25519 key pair that signs app bundles (FABs) SuperNodes may run",
+        description="Write NAME.key (0600) and NAME.pub into --out. Whoever reviews the app "
+        "(each data owner, or someone they trust) holds the private key; SuperNodes list the "
+        ".pub in their --trusted-entities file.",
+    )
+    app_key.add_argument("--out", required=True, type=Path, help="output directory")
+    app_key.add_argument("--name", required=True, help="key name: writes NAME.key, NAME.pub")
+    app_key.set_defaults(handler=_cmd_app_key)
+
+    trust = deploy_commands.add_parser(
+        "trusted-entities",
+        help="the --trusted-entities file of a SuperNode: the app-signing keys it accepts",
+    )
+    trust.add_argument("--out", required=True, type=Path, help="YAML file to create")
+    trust.add_argument("public_keys", nargs="+", type=Path, metavar="KEY.pub")
+    trust.set_defaults(handler=_cmd_trusted_entities)
+
+    sign = deploy_commands.add_parser(
+        "sign-app",
+        help="build the app's FAB and sign it",
+        description="Build the FAB of --app (deterministic: the same sources give the same "
+        "bytes) into --out, and write a signature file beside it. Review the sources first: "
+        "SuperNodes that trust this key will run this code on their data.",
+    )
+    sign.add_argument("--key", required=True, type=Path, help="app-signing private key")
+    sign.add_argument("--out", required=True, type=Path, help="directory for .fab and .sig.json")
+    sign.add_argument("--app", type=Path, default=APP_DIR, help="app directory (this repo)")
+    sign.set_defaults(handler=_cmd_sign_app)
+
+    serve = deploy_commands.add_parser(
+        "serve-apps",
+        help="serve signed FABs to a SuperLink (an app registry on a private network)",
+        description="Serve the FAB with its signatures until Ctrl-C. Start the SuperLink with "
+        "FLWR_SUPERGRID_API_URL=http://HOST:PORT and launch with "
+        "`flwr run @publisher/name==VERSION CONNECTION`.",
+    )
+    serve.add_argument("--fab", required=True, type=Path, help="the .fab file")
+    serve.add_argument(
+        "--signature",
+        required=True,
+        action="append",
+        type=Path,
+        metavar="SIG.json",
+        help="a signature file of that FAB (repeatable: one per signer)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=9095, help="port to listen on")
+    serve.set_defaults(handler=_cmd_serve_apps)
 
     run_config = deploy_commands.add_parser(
         "run-config",
@@ -123,6 +175,62 @@ def _cmd_node_key(args: argparse.Namespace) -> int:
     pair = generate_node_key(args.out, args.name)
     print(f"feddistill: private key {pair.private_key} (stays on this host, mode 0600)")
     print(f"feddistill: public key  {pair.public_key} (send to the SuperLink operator)")
+    return 0
+
+
+def _cmd_app_key(args: argparse.Namespace) -> int:
+    from deploy.app_signing import generate_app_signing_key
+
+    key = generate_app_signing_key(args.out, args.name)
+    print(f"feddistill: app-signing key {key.private_key} (its holder signs apps; mode 0600)")
+    print(f"feddistill: public key      {key.public_key} (key id {key.key_id})")
+    return 0
+
+
+def _cmd_trusted_entities(args: argparse.Namespace) -> int:
+    from deploy.app_signing import write_trusted_entities
+
+    path = write_trusted_entities(args.out, args.public_keys)
+    print(f"feddistill: wrote {path}; start the SuperNode with --trusted-entities {path}")
+    return 0
+
+
+def _cmd_sign_app(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from deploy.app_signing import app_spec, build_app, sign_app
+
+    fab = build_app(args.app.resolve())
+    digest = hashlib.sha256(fab).hexdigest()
+    spec = app_spec(fab)
+    stem = spec.removeprefix("@").replace("/", ".").replace("==", ".") + f".{digest[:8]}"
+    fab_path = args.out / f"{stem}.fab"
+    if fab_path.exists() and fab_path.read_bytes() != fab:
+        raise ValueError(f"{fab_path} exists with other contents; refusing to overwrite it")
+    signature = sign_app(fab, args.key)
+    sig_path = args.out / f"{stem}.{signature.public_key_id}.sig.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    fab_path.write_bytes(fab)
+    sig_path.write_text(signature.to_json() + "\n")
+    print(f"feddistill: {spec}, FAB SHA-256 {digest}")
+    print(f"feddistill: FAB {fab_path}\nfeddistill: signature {sig_path}")
+    return 0
+
+
+def _cmd_serve_apps(args: argparse.Namespace) -> int:
+    from deploy.app_registry import REGISTRY_URL_ENV, AppRegistry
+    from deploy.app_signing import AppSignature
+
+    registry = AppRegistry()
+    signatures = [AppSignature.from_json(path.read_text()) for path in args.signature]
+    spec = registry.publish(args.fab.read_bytes(), signatures)
+    with _sigterm_as_exit(), registry.serve(args.host, args.port) as url:
+        print(f"feddistill: serving {spec} with {len(signatures)} signature(s) at {url}")
+        print(f"feddistill: start the SuperLink with {REGISTRY_URL_ENV}={url}, then")
+        print(f"feddistill: flwr run {spec} CONNECTION --run-config run.toml --stream")
+        print("feddistill: Ctrl-C stops", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
     return 0
 
 

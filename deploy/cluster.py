@@ -3,7 +3,9 @@
 Each process is what would run on its own host in a real deployment: `flower-superlink`
 (with TLS and SuperNode authentication), `flower-supernode` per data owner (own key pair, own
 FLWR_HOME, own Runtime API port), and the operator's `flwr` CLI (`supernode register`,
-`supernode list`, `run`). Ports are free loopback ports, state lives in a private directory,
+`supernode list`, `run`). The SuperNodes run only the app FAB signed by a key they trust,
+fetched by the SuperLink from an app registry in this process (`deploy.app_signing`,
+`deploy.app_registry`). Ports are free loopback ports, state lives in a private directory,
 and every process is stopped by its process group on exit, on failure and on Ctrl-C
 (`simulations.processes.owned_processes`).
 """
@@ -11,6 +13,7 @@ and every process is stopped by its process group on exit, on failure and on Ctr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -26,6 +29,15 @@ from typing import IO, Any
 
 from common.config import RunConfig
 from common.secagg.identity import ensure_identities, identity_file
+from deploy.app_registry import REGISTRY_URL_ENV, AppRegistry
+from deploy.app_signing import (
+    AppSigningKey,
+    build_app,
+    generate_app_signing_key,
+    load_app_signing_key,
+    sign_app,
+    write_trusted_entities,
+)
 from deploy.certs import SECAGG_DIR, ServerFiles, generate_deployment_files
 from simulations.launcher import (
     APP_DIR,
@@ -45,6 +57,8 @@ CONNECTION = "feddistill-cluster"
 HOST = "127.0.0.1"
 NODE_CONFIG_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 NodeConfigValue = str | int | float | bool
+APP_SIGNING_DIR = "app-signing"  # beside the TLS material: the key that signs the app, trust file
+TRUSTED_ENTITIES_FILE = "trusted-entities.yaml"
 
 
 @dataclass(frozen=True)
@@ -59,12 +73,15 @@ class SuperNodeSpec:
     private_key : authentication private key (OpenSSH format); None = no authentication.
     root_certificates : CA certificate that signed the SuperLink's certificate; None with
         TLS means the system's CA store (which does not know a private CA).
+    trusted_entities : `--trusted-entities` YAML: the node runs only apps signed by one of
+        these keys (`deploy.app_signing`); None = any app the SuperLink ships.
     """
 
     name: str
     node_config: Mapping[str, NodeConfigValue]
     private_key: Path | None = None
     root_certificates: Path | None = None
+    trusted_entities: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +112,13 @@ class LocalCluster:
         logs_dir: Path,
         processes: list[subprocess.Popen],
         tls: ServerFiles | None,
+        app_registry: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.logs_dir = logs_dir
         self.processes = processes
         self.tls = tls
+        self.app_registry = app_registry
         self.port = free_port()  # one port serves the Fleet, Control and Runtime APIs
         self.address = f"{HOST}:{self.port}"
         self.operator_home = workdir / "operator"
@@ -135,9 +154,10 @@ class LocalCluster:
                 f"--ssl-keyfile={self.tls.server_key}",
                 "--enable-supernode-auth",
             ]
-        self.superlink = start_process(
-            command, self.logs_dir / "superlink.log", env=self.env(state / "flwr-home")
-        )
+        env = self.env(state / "flwr-home")
+        if self.app_registry is not None:
+            env[REGISTRY_URL_ENV] = self.app_registry  # where `flwr run @app==x.y.z` is fetched
+        self.superlink = start_process(command, self.logs_dir / "superlink.log", env=env)
         self.processes.append(self.superlink)
         self._write_operator_config()
         wait_for_port(HOST, self.port, timeout=timeout, process=self.superlink)
@@ -184,6 +204,8 @@ class LocalCluster:
             command.append(f"--root-certificates={spec.root_certificates}")
         if spec.private_key is not None:
             command.append(f"--auth-supernode-private-key={spec.private_key}")
+        if spec.trusted_entities is not None:
+            command.append(f"--trusted-entities={spec.trusted_entities}")
         home = self.workdir / "supernodes" / spec.name / "flwr-home"
         process = start_process(command, self.logs_dir / f"{spec.name}.log", env=self.env(home))
         self.processes.append(process)
@@ -215,12 +237,38 @@ class LocalCluster:
     def run(
         self,
         config: RunConfig,
+        app: str,
         stream_to: IO[str] | None = None,
         timeout: float | None = None,
     ) -> int:
-        """Submit `config` with `flwr run APP --run-config FILE --stream`; wait for it to end.
+        """Submit `config` to `app` and wait for the run to end (see `submit`).
 
         The streamed log is copied to `logs_dir/flwr-run.log` and to `stream_to` (if given).
+        """
+        if not config.out_dir or not Path(config.out_dir).is_absolute():
+            raise ValueError(f"out_dir must be an absolute path, got {config.out_dir!r}")
+        run_config_path = self.operator_home / "run_config.toml"
+        run_config_path.write_text(run_config_toml(config))
+        return self.submit(app, run_config_path, "flwr-run.log", stream_to, timeout)
+
+    def submit(
+        self,
+        app: str,
+        run_config: Path,
+        log_name: str,
+        stream_to: IO[str] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """`flwr run APP --run-config FILE --stream`; wait for the run to end.
+
+        Parameters
+        ----------
+        app : an app directory (its FAB goes unsigned) or `@publisher/name==x.y.z` (fetched by
+            the SuperLink from its app registry, with the signatures published there).
+        run_config : TOML file of run-config overrides.
+        log_name : file under `logs_dir` that receives the streamed log.
+        stream_to : where the streamed log is echoed too; None = only the file.
+        timeout : seconds before the run is abandoned; None = no limit.
 
         Returns
         -------
@@ -230,17 +278,13 @@ class LocalCluster:
         ------
         TimeoutError : the run did not end within `timeout` seconds (it is stopped).
         """
-        if not config.out_dir or not Path(config.out_dir).is_absolute():
-            raise ValueError(f"out_dir must be an absolute path, got {config.out_dir!r}")
-        run_config_path = self.operator_home / "run_config.toml"
-        run_config_path.write_text(run_config_toml(config))
         command = [
             console_script("flwr"),
             "run",
-            str(APP_DIR),
+            app,
             CONNECTION,
             "--run-config",
-            str(run_config_path),
+            str(run_config),
             "--stream",
         ]
         process = subprocess.Popen(
@@ -255,7 +299,7 @@ class LocalCluster:
         self.processes.append(process)
         copier = threading.Thread(
             target=_copy_lines,
-            args=(process.stdout, self.logs_dir / "flwr-run.log", stream_to),
+            args=(process.stdout, self.logs_dir / log_name, stream_to),
             daemon=True,
         )
         copier.start()
@@ -300,7 +344,9 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(workdir: Path, logs_dir: Path, tls: ServerFiles | None) -> Iterator[LocalCluster]:
+def local_cluster(
+    workdir: Path, logs_dir: Path, tls: ServerFiles | None, app_registry: str | None = None
+) -> Iterator[LocalCluster]:
     """A started SuperLink; SuperNodes and runs are added through the yielded object.
 
     Every process started through it is stopped (process group: SIGTERM, then SIGKILL) when
@@ -313,12 +359,14 @@ def local_cluster(workdir: Path, logs_dir: Path, tls: ServerFiles | None) -> Ite
     workdir : private directory for the SuperLink database and each process's FLWR_HOME.
     logs_dir : where each process's log goes.
     tls : CA and server certificate for TLS + SuperNode authentication; None = insecure demo.
+    app_registry : base URL of the app registry the SuperLink fetches `@publisher/name==x.y.z`
+        apps and their signatures from (`deploy.app_registry`); None = Flower's default.
     """
     descendants: list[tuple[int, int]] = []
     try:
         with owned_processes() as processes:
             try:
-                cluster = LocalCluster(workdir, logs_dir, processes, tls)
+                cluster = LocalCluster(workdir, logs_dir, processes, tls, app_registry)
                 cluster.start_superlink()
                 yield cluster
             finally:
@@ -349,6 +397,10 @@ def run_cluster(
     With TLS (the default) it creates a CA, the SuperLink certificate and one key pair per
     SuperNode, registers the public keys, starts the SuperNodes with their private keys and
     the CA, waits until all are online, runs `flwr run --stream`, and stops everything.
+    TLS or not, the SuperNodes run only the app signed here: it builds the FAB, signs it with
+    an app-signing key (`workdir/certs/app-signing/operator.key`), serves it from a registry
+    on loopback, starts every SuperNode with `--trusted-entities` naming only that key, and
+    submits `flwr run @feddistill/feddistill==VERSION`.
 
     Parameters
     ----------
@@ -424,7 +476,18 @@ def _deploy_and_run(
         public_keys = {pair.name: pair.public_key for pair in files.nodes}
     # SecAgg+ identities and roster: the operator's, handed to each node beside its data.
     roster = ensure_identities(workdir / "certs" / SECAGG_DIR, names)
-    with local_cluster(workdir, logs_dir, tls) as cluster:
+    signing_key, trusted_entities = _app_signing_files(workdir / "certs" / APP_SIGNING_DIR)
+    fab = build_app(APP_DIR)
+    registry = AppRegistry()
+    spec = registry.publish(fab, [sign_app(fab, signing_key.private_key)])
+    progress(
+        f"feddistill: signed {spec} (FAB SHA-256 {hashlib.sha256(fab).hexdigest()[:16]}…) "
+        f"with {signing_key.key_id}; the SuperNodes run only apps signed by that key"
+    )
+    with (
+        registry.serve(HOST, 0) as registry_url,
+        local_cluster(workdir, logs_dir, tls, registry_url) as cluster,
+    ):
         progress(f"feddistill: SuperLink on {cluster.address} (logs: {logs_dir})")
         node_ids: dict[str, int] = {}
         if not insecure:
@@ -444,13 +507,27 @@ def _deploy_and_run(
                     },
                     private_key=private_keys.get(name),
                     root_certificates=None if tls is None else tls.ca_cert,
+                    trusted_entities=trusted_entities,
                 )
             )
         cluster.wait_online(len(names), list(node_ids.values()))
         progress(f"feddistill: {len(names)} SuperNodes online; running → {config.out_dir}")
-        returncode = cluster.run(config, stream_to=stream_to, timeout=timeout)
+        returncode = cluster.run(config, app=spec, stream_to=stream_to, timeout=timeout)
     progress("feddistill: SuperLink and SuperNodes stopped")
     return returncode
+
+
+def _app_signing_files(directory: Path) -> tuple[AppSigningKey, Path]:
+    """The cluster's app-signing key and the trusted-entities file naming it (kept if present)."""
+    key_path = directory / "operator.key"
+    if key_path.exists():
+        key = load_app_signing_key(key_path)
+    else:
+        key = generate_app_signing_key(directory, "operator")
+    trusted_entities = directory / TRUSTED_ENTITIES_FILE
+    if not trusted_entities.exists():
+        write_trusted_entities(trusted_entities, [key.public_key])
+    return key, trusted_entities
 
 
 def parse_node_config(text: str) -> dict[str, NodeConfigValue]:

@@ -7,8 +7,10 @@ the tests look through /proc for any process that still carries one of those FLW
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,14 +20,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import requests
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName, load_pem_x509_certificate
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.common.config import parse_config_args
+from flwr.supercore.fab import Fab
+from flwr.supercore.utils import request_download_link
+from flwr.supernode.start_client_internal import _verify_fab as verify_fab
 
 from common.config import RunConfig
 from common.data import load_splits
+from deploy import cli as deploy_cli
+from deploy.app_registry import AppRegistry
+from deploy.app_signing import (
+    AppSignature,
+    build_app,
+    generate_app_signing_key,
+    sign_app,
+    write_trusted_entities,
+)
 from deploy.certs import generate_deployment_files, generate_node_key, san_entries
 from deploy.cluster import (
     ClusterResult,
@@ -38,6 +54,7 @@ from deploy.cluster import (
 from simulations.cli import resolve_config
 from simulations.launcher import APP_DIR
 
+PROBE_APP = Path(__file__).parent / "apps" / "signed_probe"
 RUN_TIMEOUT = 1800.0  # generous: on a loaded 2-core machine each ClientApp start takes seconds
 CHANCE = 0.1
 # The smoke config with less compute: what is under test is the deployment, not accuracy.
@@ -66,6 +83,19 @@ def _smoke_config(root: Path) -> RunConfig:
     return resolve_config(
         "smoke", [f"data_dir={root / 'data'}", *DEPLOYMENT_OVERRIDES], str(root / "run")
     )
+
+
+def _probe_app_variant(directory: Path, version: str, client_app_name: str) -> Path:
+    """A copy of the probe app with another version whose ClientApp answers another name."""
+    shutil.copytree(PROBE_APP, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, old, new in (
+        ("pyproject.toml", 'version = "1.0.0"', f'version = "{version}"'),
+        ("probe_app.py", 'CLIENT_APP_NAME = "honest"', f'CLIENT_APP_NAME = "{client_app_name}"'),
+    ):
+        path = directory / name
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
+    return directory
 
 
 def _tampered_cache(config: RunConfig, directory: Path) -> Path:
@@ -127,6 +157,67 @@ def test_node_config_argument_round_trips_through_flowers_parser() -> None:
     assert parsed == node_config
     with pytest.raises(ValueError, match="quotes"):
         node_config_arg({"data-path": "/data/it's.npz"})
+
+
+def test_signed_app_files_reach_flowers_verifier_through_the_registry(tmp_path: Path) -> None:
+    keys, signed = tmp_path / "keys", tmp_path / "signed"
+    for command in (
+        f"app-key --out {keys} --name owner",
+        f"trusted-entities --out {keys / 'trusted.yaml'} {keys / 'owner.pub'}",
+        f"sign-app --key {keys / 'owner.key'} --out {signed} --app {PROBE_APP}",
+    ):
+        assert deploy_cli.main(["deploy", *command.split()]) == 0
+    (fab_path,) = signed.glob("*.fab")
+    (sig_path,) = signed.glob("*.sig.json")
+    signature = AppSignature.from_json(sig_path.read_text())
+    trusted = yaml.safe_load((keys / "trusted.yaml").read_text())
+    registry = AppRegistry()
+    spec = registry.publish(fab_path.read_bytes(), [signature])
+
+    with registry.serve("127.0.0.1", 0) as url:  # queried as the SuperLink queries Flower Hub
+        fab_url, verifications, _ = request_download_link(
+            "@feddistill-test/signed-probe", "1.0.0", f"{url}/hub/fetch-fab", "fab_url"
+        )
+        fab = requests.get(fab_url, timeout=10).content
+        with pytest.raises(ValueError, match=r"Available app versions .*: 1\.0\.0"):
+            request_download_link(
+                "@feddistill-test/signed-probe", "2.0.0", f"{url}/hub/fetch-fab", "fab_url"
+            )
+
+    assert spec == "@feddistill-test/signed-probe==1.0.0"
+    assert fab == fab_path.read_bytes() == build_app(PROBE_APP)  # deterministic build
+    assert list(trusted) == [signature.public_key_id]
+    verification = {"valid_license": "Valid"}  # what Flower's SuperLink adds to Hub answers
+    verification |= {
+        item["public_key_id"]: json.dumps({k: v for k, v in item.items() if k != "public_key_id"})
+        for item in verifications
+    }
+    assert verify_fab(Fab(hashlib.sha256(fab).hexdigest(), fab, verification), trusted)
+    tampered = fab[:-1] + bytes([fab[-1] ^ 1])
+    assert not verify_fab(
+        Fab(hashlib.sha256(tampered).hexdigest(), tampered, verification), trusted
+    )
+
+
+def test_app_signing_refuses_bad_keys_and_signature_files(tmp_path: Path) -> None:
+    node = generate_node_key(tmp_path, "node")  # ECDSA: Flower verifies apps with Ed25519 only
+    key = generate_app_signing_key(tmp_path, "owner")
+
+    with pytest.raises(ValueError, match="must be ssh-ed25519"):
+        write_trusted_entities(tmp_path / "trusted.yaml", [node.public_key])
+    with pytest.raises(ValueError, match="at least one"):
+        write_trusted_entities(tmp_path / "trusted.yaml", [])
+    with pytest.raises(ValueError, match="must be Ed25519"):
+        sign_app(b"fab", node.private_key)
+    with pytest.raises(ValueError, match="empty FAB"):
+        sign_app(b"", key.private_key)
+    with pytest.raises(ValueError, match=r"exactly the keys .*got \['public_key_id'\]"):
+        AppSignature.from_json('{"public_key_id": "fpk_1"}')
+    with pytest.raises(ValueError, match="'signed_at' must be int, got '1'"):
+        AppSignature.from_json('{"public_key_id": "k", "signature": "s", "signed_at": "1"}')
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        generate_app_signing_key(tmp_path, "owner")
+    assert key.private_key.stat().st_mode & 0o777 == 0o600
 
 
 # --- a deployed run ----------------------------------------------------------------------------
@@ -246,4 +337,53 @@ def test_ctrl_c_during_a_run_stops_every_process(tmp_path: Path) -> None:
     assert under_way
     assert cli.returncode != 0
     assert not (Path(config.out_dir) / "summary.json").exists()
+    assert _leftover_processes(workdir) == []
+
+
+def test_supernode_runs_only_apps_signed_by_a_key_it_trusts(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    owner = generate_app_signing_key(keys, "data-owner")  # the node operator trusts this key
+    server = generate_app_signing_key(keys, "server")  # a key the node operator never listed
+    trusted = write_trusted_entities(keys / "trusted-entities.yaml", [owner.public_key])
+    honest = build_app(PROBE_APP)
+    exfiltrating_1 = build_app(_probe_app_variant(tmp_path / "app-1", "1.0.1", "exfiltrating"))
+    exfiltrating_2 = build_app(_probe_app_variant(tmp_path / "app-2", "1.0.2", "exfiltrating"))
+    owners_signature = sign_app(honest, owner.private_key)
+    registry = AppRegistry()
+    submissions = {
+        "unsigned": str(PROBE_APP),  # FAB built from the directory: no signatures attached
+        "signed-by-server": registry.publish(
+            exfiltrating_1, [sign_app(exfiltrating_1, server.private_key)]
+        ),
+        # the owner's signature on the honest FAB, replayed on another one
+        "replayed-signature": registry.publish(exfiltrating_2, [owners_signature]),
+        "signed-by-owner": registry.publish(honest, [owners_signature]),
+    }
+    workdir, logs = tmp_path / "work", tmp_path / "logs"
+    answers = {}
+    with (
+        registry.serve("127.0.0.1", 0) as registry_url,
+        local_cluster(workdir, logs, None, registry_url) as cluster,
+    ):
+        cluster.start_supernode(
+            SuperNodeSpec("node", {"partition-id": 0}, trusted_entities=trusted)
+        )
+        cluster.wait_online(1)
+        for case, app in submissions.items():
+            result = tmp_path / f"{case}.json"
+            run_config = tmp_path / f"{case}.toml"
+            run_config.write_text(f"result-path = {json.dumps(str(result))}\n")
+            assert cluster.submit(app, run_config, f"{case}.log", timeout=300) == 0
+            answers[case] = list(json.loads(result.read_text()).values())
+    supernode_log = (logs / "node.log").read_text()
+
+    refused = [{"error_code": 7, "reason": "The FAB could not be verified."}]  # INVALID_FAB
+    assert answers == {
+        "unsigned": refused,
+        "signed-by-server": refused,
+        "replayed-signature": refused,
+        "signed-by-owner": [{"app": "honest"}],
+    }
+    assert "App verification is not supported by the connected SuperLink" in supernode_log
+    assert supernode_log.count("FAB verification failed") == 2
     assert _leftover_processes(workdir) == []
