@@ -19,6 +19,7 @@ from client.privacy import add_dp_noise_share
 from client.secagg import SecAggClient
 from common.config import RunConfig
 from common.protocol import Contribution, split_weighted_vector, summed_length
+from common.quantise import quantise_contribution, rounding_generator
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -64,7 +65,9 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
 
     Returns
     -------
-    The decoded sum (what the server sees) with the clean sum and quantisation check.
+    The decoded sum (what the server sees) with the clean sum and quantisation check. Reports
+    are quantised at `label_bits` first, as clients do (`common.quantise`), so without noise
+    the decoded sum equals their float sum exactly.
 
     Raises
     ------
@@ -77,9 +80,15 @@ def secure_sum(contributions: list[Contribution], config: RunConfig) -> SecureSu
     noise_std = dp_noise_share_std(config, n_query, n_clients)
     params = client_policy(config).validate(n_clients, value_bound(config, noise_std))
     nodes = _node_ids(n_clients)
+    quantised = [  # as each client reports: at label_bits, its own seeded rounding offsets
+        quantise_contribution(
+            contribution, config.label_bits, rounding_generator(config.seed, 1, i)
+        )[0]
+        for i, contribution in enumerate(contributions)
+    ]
     noised = {
         node: add_dp_noise_share(contribution, noise_std)
-        for node, contribution in zip(nodes, contributions, strict=True)
+        for node, contribution in zip(nodes, quantised, strict=True)
     }
     vectors = {
         node: encode_contribution(noised[node], params, value_bound(config, noise_std))
