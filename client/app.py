@@ -26,7 +26,7 @@ from common.protocol import (
     arrays_to_record,
     record_to_arrays,
 )
-from common.quantise import dequantise, quantise_contribution, rounding_generator
+from common.quantise import counts_to_probs, quantise_contribution, rounding_generator
 from common.training import resolve_device
 
 log = get_logger(__name__)
@@ -159,7 +159,7 @@ def _round_input(msg: Message, config: RunConfig, n_public: int, num_classes: in
         counts = decode_counts(
             arrays["digest_counts"], label_bits, False, (len(digest_indices), num_classes)
         )
-        digest_probs = dequantise(counts, label_bits, 1.0, False).probs.astype(np.float32)
+        digest_probs = counts_to_probs(counts, label_bits)
     return RoundInput(
         round=int(msg.content[ROUND_RECORD]["round"]),
         query_indices=decode_indices(arrays["query_mask"], n_public),

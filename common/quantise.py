@@ -138,6 +138,11 @@ def dequantise(counts: np.ndarray, bits: int, weight: float, per_row: bool) -> C
     )
 
 
+def counts_to_probs(counts: np.ndarray, bits: int) -> np.ndarray:
+    """(Q, K) counts whose rows sum to 2^b → (Q, K) float32 probabilities (exact)."""
+    return dequantise(counts, bits, 1.0, per_row=False).probs.astype(np.float32)
+
+
 def check_counts(counts: np.ndarray, bits: int, per_row: bool, shape: tuple[int, int]) -> None:
     """Raise ValueError unless `counts` is a valid quantised report of `shape` at `bits` bits."""
     if counts.shape != shape:

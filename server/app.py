@@ -29,7 +29,7 @@ from common.metrics import accuracy, expected_calibration_error
 from common.quantise import digest_counts
 from common.training import resolve_device
 from server.aggregation import Aggregate, Aggregator, PlainAggregator, RoundFailed, RoundPlan
-from server.cohort import NodeRegistry, sample_cohort
+from server.cohort import NodeInfo, NodeRegistry, sample_cohort
 from server.queries import choose_queries
 from server.results import RunDirectory, run_title, summarise_rounds
 from server.secure_aggregator import SecureAggregator
@@ -190,6 +190,20 @@ def _plan_round(
 ) -> RoundPlan:
     nodes = registry.refresh(grid)
     cohort = sample_cohort(nodes, config.fraction, config.min_clients, config.seed, round_number)
+    return plan_for_cohort(config, splits, student, cohort, public_digest, round_number, previous)
+
+
+def plan_for_cohort(
+    config: RunConfig,
+    splits: DatasetSplits,
+    student: Student,
+    cohort: list[NodeInfo],
+    public_digest: str,
+    round_number: int,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> RoundPlan:
+    """What a round asks of its cohort: the queries (`choose_queries`), the previous ensemble
+    (Q', K) quantised for the digest, the wire width. The in-process engine plans with it too."""
     n_public = len(splits.public_x)
     digest = previous if config.digest_epochs else None
     return RoundPlan(

@@ -1,7 +1,7 @@
 """Federated distillation as a plain single-process loop: the same compute without Flower.
 
 Every round does what the simulation does, with the same functions and seeds: sample the cohort
-(`sample_cohort`), pick the public query (`choose_queries`), send the digest at `label_bits`, run
+(`sample_cohort`), plan its queries and digest (`plan_for_cohort`, the ServerApp's), run
 each client's `run_local_round` on its partition (with `client_threads` torch threads, as a
 ClientApp does), quantise its report, add DP noise shares, sum the soft labels (through the
 same SecAgg+ protocol objects when `secagg` is on, in memory instead of over messages), form the
@@ -37,7 +37,7 @@ from common.protocol import (
     split_weighted_vector,
     summed_length,
 )
-from common.quantise import dequantise, digest_counts, quantise_contribution, rounding_generator
+from common.quantise import counts_to_probs, quantise_contribution, rounding_generator
 from common.secagg import STAGES
 from common.secagg.identity import NodeIdentity
 from common.secure_codec import (
@@ -50,9 +50,8 @@ from common.secure_codec import (
 )
 from common.training import resolve_device, seeded_generator
 from server.aggregation import RoundPlan
-from server.app import ensemble_calibration
+from server.app import ensemble_calibration, plan_for_cohort
 from server.cohort import NodeInfo, sample_cohort
-from server.queries import choose_queries
 from server.secagg import SecAggServer
 from server.student import Student
 from simulations.bench.baselines import client_data
@@ -98,32 +97,17 @@ def _rounds(
         cohort = sample_cohort(
             nodes, config.fraction, config.min_clients, config.seed, round_number
         )
-        student_view = None
-        if config.query_selection != "random" and config.public_query_size and previous is not None:
-            student_view = student.probabilities(splits.public_x)  # as the ServerApp's plan
-        query = choose_queries(config, len(splits.public_x), round_number, student_view)
-        digest = previous if config.digest_epochs else None
-        plan = RoundPlan(
-            round=round_number,
-            cohort=cohort,
-            query_indices=query,
-            n_public=len(splits.public_x),
-            num_classes=splits.num_classes,
-            label_bits=config.label_bits,
-            public_hash=public_digest,
-            min_clients=config.min_clients,
-            timeout=config.round_timeout,
-            digest_indices=None if digest is None else digest[0],
-            digest_counts=None
-            if digest is None
-            else digest_counts(digest[1], config, round_number),
-            per_row_weights=method.per_row_weights,
+        plan = plan_for_cohort(
+            config, splits, student, cohort, public_digest, round_number, previous
         )
+        query = plan.query_indices
         request = RoundInput(
             round=round_number,
             query_indices=query,
-            digest_indices=None if digest is None else digest[0],
-            digest_probs=None if digest is None else sent_digest(digest[1], config, round_number),
+            digest_indices=plan.digest_indices,
+            digest_probs=None
+            if plan.digest_counts is None
+            else counts_to_probs(plan.digest_counts, config.label_bits),
         )
         torch.set_num_threads(config.client_threads)
         contributions, wire = {}, WireBytes.of_train_messages(plan, config.secagg)
@@ -207,12 +191,6 @@ class WireBytes:
 def _secagg_bytes(payload: dict) -> int:
     config, arrays = payload_to_records(payload)
     return payload_bytes(RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays}))
-
-
-def sent_digest(ensemble_probs: np.ndarray, config: RunConfig, round_number: int) -> np.ndarray:
-    """The previous ensemble (Q', K) as a client reads it from the `train` message (float32)."""
-    counts = digest_counts(ensemble_probs, config, round_number)
-    return dequantise(counts, config.label_bits, 1.0, per_row=False).probs.astype(np.float32)
 
 
 def plain_sum(
