@@ -68,6 +68,12 @@ def train(msg: Message, context: Context) -> Message:
     splits = load_splits(config)
     round_config = msg.content[ROUND_RECORD]
     _check_public_hash(str(round_config["public_hash"]), public_hash(splits.public_x))
+    secure = bool(round_config.get("secagg", False))
+    if secure != config.secagg:  # the run config said one thing, this round says another
+        raise ValueError(
+            f"the round asks for secagg={secure} but the run is configured with "
+            f"secagg={config.secagg}; refusing to change how this node's soft labels travel"
+        )
     private = load_private_data(config, context.node_config)
     device = resolve_device(config.device)
 
@@ -87,7 +93,7 @@ def train(msg: Message, context: Context) -> Message:
         rounding_generator(config.seed, request.round, private.index),
     )
 
-    if bool(round_config.get("secagg", False)):
+    if secure:
         return start_secure_round(msg, context, config, contribution)
     content = plain_reply_content(
         contribution, counts, config.label_bits, public_hash(splits.public_x), metrics

@@ -5,6 +5,11 @@ Node config keys (set per SuperNode with `--node-config`, or by the simulation e
 simulation); `data-path` points to the node's own `.npz` (arrays `x`, `y`) or parquet folder;
 `data-dir` is the node's own cache for generated/downloaded data (overrides the run config's
 `data_dir`, which names a directory on the server's host).
+
+The run config comes from whoever submits the run, i.e. the server's side. Two node-config keys
+are the operator's own floor under it: `require-secagg=true` refuses any run (and any round)
+that would send this node's soft labels in the clear, and `min-dp-noise-multiplier=z` refuses a
+run whose client-level DP noise is below z.
 """
 
 from __future__ import annotations
@@ -22,14 +27,41 @@ from common.data import load_flower_dataset, load_npz, load_splits, partition_of
 def node_run_config(
     run_config: Mapping[str, object], node_config: Mapping[str, object]
 ) -> RunConfig:
-    """The run config as this node applies it: node-local paths replace the server's."""
+    """The run config as this node applies it: node-local paths replace the server's, and the
+    operator's floor (`require-secagg`, `min-dp-noise-multiplier`) refuses weaker settings."""
     config = RunConfig.from_mapping(run_config)
+    check_operator_floor(config, node_config)
     if "data-dir" in node_config:
         data_dir = str(node_config["data-dir"]).strip()
         if not data_dir:
             raise ValueError("node config 'data-dir' must be a directory path, got ''")
         config = config.replace(data_dir=str(Path(data_dir).expanduser()))
     return config
+
+
+def check_operator_floor(config: RunConfig, node_config: Mapping[str, object]) -> None:
+    """Raise ValueError if the run's privacy settings are below what this node's operator set."""
+    require = str(node_config.get("require-secagg", "false")).strip().lower()
+    if require not in ("true", "false"):
+        raise ValueError(f"node config 'require-secagg' must be true or false, got {require!r}")
+    if require == "true" and not config.secagg:
+        raise ValueError(
+            "this node requires secure aggregation (node config require-secagg=true); "
+            "refusing a run with secagg=false, which would send its soft labels in the clear"
+        )
+    if "min-dp-noise-multiplier" in node_config:
+        try:
+            floor = float(str(node_config["min-dp-noise-multiplier"]))
+        except ValueError:
+            raise ValueError(
+                "node config 'min-dp-noise-multiplier' must be a number, got "
+                f"{node_config['min-dp-noise-multiplier']!r}"
+            ) from None
+        if config.dp_noise_multiplier < floor:
+            raise ValueError(
+                f"this node requires dp_noise_multiplier >= {floor} (node config "
+                f"min-dp-noise-multiplier), the run asks for {config.dp_noise_multiplier}"
+            )
 
 
 @dataclass(frozen=True)

@@ -501,6 +501,7 @@ def _deploy_and_run(
                     name=name,
                     node_config={
                         "state-dir": state_dir,
+                        "require-secagg": str(config.secagg).lower(),
                         "secagg-roster": str(roster),
                         "secagg-identity": str(identity_file(roster.parent, name)),
                         **node_config,
