@@ -24,7 +24,7 @@ LONGEST_FIRST = (
     "tests/test_fault_tolerance.py",  # kill -9 and resume: 3 simulations, 2 at a time
     "tests/test_secagg_flower.py::TestSmoke",  # 2 simulations, one after the other
     "tests/test_simulation.py",  # 2 simulations side by side
-    "tests/test_deploy.py",  # 2 clusters: unregistered/untrusting nodes, Ctrl-C
+    "tests/test_deploy.py",  # 3 clusters: signed apps, unregistered/untrusting nodes, Ctrl-C
     "tests/test_bench.py",  # overhead and scale: a simulation each
     "tests/test_fault_tolerance.py::TestMalformedReplies",  # 1 simulation of 9 clients
     "tests/test_secagg_flower.py",  # dropouts: 1 in-process simulation
