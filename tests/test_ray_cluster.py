@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -104,6 +105,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     finally:
         for process in reversed(processes):
             stop_process(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session logs and sockets
 
 
 @pytest.fixture(scope="module")
