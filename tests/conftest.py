@@ -26,6 +26,7 @@ LONGEST_FIRST = (
     "tests/test_simulation.py",  # 2 simulations side by side
     "tests/test_deploy.py",  # 3 clusters: signed apps, unregistered/untrusting nodes, Ctrl-C
     "tests/test_bench.py",  # overhead and scale: a simulation each
+    "tests/test_ray_cluster.py",  # a two-node Ray cluster and one run on it (~40 s)
     "tests/test_fault_tolerance.py::TestMalformedReplies",  # 1 simulation of 9 clients
     "tests/test_secagg_flower.py",  # dropouts: 1 in-process simulation
 )
