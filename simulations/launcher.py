@@ -157,12 +157,12 @@ def simulate(
     out_dir = Path(config.out_dir).expanduser().resolve()
     config = config.replace(out_dir=str(out_dir))
     resources = resources or default_resources(config)
+    if ray_address is not None:
+        check_ray_address(ray_address)  # refuse before any process starts or file is written
     if config.secagg and not config.secagg_roster:  # node identities for SecAgg+, kept on resume
         names = [f"partition-{i}" for i in range(resources.num_supernodes)]
         roster = ensure_identities(out_dir / SECAGG_IDENTITIES, names)
         config = config.replace(secagg_roster=str(roster))
-    if ray_address is not None:
-        check_ray_address(ray_address)  # refuse before any process starts
     with tempfile.TemporaryDirectory(prefix="feddistill-flwr-") as home, owned_processes() as procs:
         home_path = Path(home)
         env = simulation_env(ray_address, home)
