@@ -94,6 +94,7 @@ def line_plot(
     integer_x: bool = False,
 ) -> Path:
     """One line per label: (x, y, optional y-std band). Saves a PNG and returns its path."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -101,6 +102,8 @@ def line_plot(
     figure = Figure(figsize=(5.5, 3.8))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
+    if len(curves) > 10:  # the default cycle repeats after 10 colours
+        axes.set_prop_cycle(color=[matplotlib.colormaps["tab20"](i) for i in range(20)])
     for label, (x, y, band) in curves.items():
         x_values, y_values = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         axes.plot(x_values, y_values, marker="o", markersize=3, label=label)
