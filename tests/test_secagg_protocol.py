@@ -13,11 +13,14 @@ from flwr.common import serde
 
 from client.secagg import SecAggClient
 from client.secagg_handlers import respond_logged
+from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes
 from common.secagg import STAGES, SecAggAbort, SecAggParams, SecAggRefusal
 from common.secagg.crypto import generate_keypair
 from common.secagg.encoding import decode_sum, encode
 from common.secagg.graph import neighbour_graph
 from common.secagg.identity import NodeIdentity, keys_statement, survivors_statement
+from common.secagg.packing import packed_size
+from common.secure_codec import payload_to_records
 from server.secagg import SecAggResult, SecAggServer
 
 RUN = 9001
@@ -671,3 +674,40 @@ def test_masked_inputs_look_uniform_whatever_the_input() -> None:
     assert chi_square(replies[zero_node]["masked"]) < limit
     assert chi_square(replies[max_node]["masked"]) < limit
     assert chi_square(deployment.vectors[zero_node]) > limit  # the statistic sees structure
+
+
+# --- packed words on the wire -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("modulus_bits", [13, 29, 61])
+def test_packed_sum_at_odd_widths_equals_the_integer_sum_with_dropouts(modulus_bits: int) -> None:
+    # 8 clients sum values < 2^(f+1) with f = m − 5, so m is exactly wide enough; masked inputs
+    # travel packed at m bits through real Flower records, two nodes drop before masking.
+    policy = SecAggParams(frac_bits=modulus_bits - 5, modulus_bits=modulus_bits)
+    deployment = Deployment(8, policy=policy, transport=through_flower_records)
+
+    result = deployment.finish(
+        {"masked-input": deployment.cohort[:2], "unmask": [deployment.cohort[5]]}
+    )
+
+    assert deployment.params.modulus_bits == modulus_bits
+    assert result.survivors == deployment.cohort[2:]
+    expected = plain_sum(deployment.vectors, result.survivors, modulus_bits)
+    np.testing.assert_array_equal(result.total, expected)
+
+
+@pytest.mark.parametrize("modulus_bits", [13, 21, 29])
+def test_masked_reply_bytes_are_the_packed_words_plus_a_constant(modulus_bits: int) -> None:
+    # What a masked-input reply costs on the wire (Flower's own byte count): ⌈L·m/8⌉ bytes of
+    # packed words plus 134 bytes whatever L: the array's 128-byte .npy header and its key.
+    overheads = []
+    for length in (64, 1001, 32_001):
+        policy = SecAggParams(frac_bits=modulus_bits - 5, modulus_bits=modulus_bits)
+        deployment = Deployment(3, policy=policy, length=length)
+        deployment.run_to("masked-input")
+        reply = deployment.step()[deployment.cohort[0]]
+        config, arrays = payload_to_records(reply)
+        content = RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays})
+        overheads.append(payload_bytes(content) - packed_size(length, modulus_bits))
+
+    assert overheads == [134, 134, 134]
