@@ -187,9 +187,12 @@ def run(settings: Settings, config: RunConfig, report: Report) -> None:
 def frontier_points(settings: Settings, config: RunConfig) -> list[Point]:
     """The record-level federation's points (no DP, then each σ) and the run config's
     client-level points (each z, 0 = no DP)."""
+    defaults = RunConfig()  # the record federation splits its own samples as a default run does
     record = config.replace(
         num_clients=settings.record_clients,
         num_samples=settings.record_num_samples,
+        public_fraction=defaults.public_fraction,
+        test_fraction=defaults.test_fraction,
         fraction=1.0,
         rounds=settings.record_rounds,
         public_query_size=settings.record_query_size,
