@@ -498,7 +498,7 @@ def test_a_run_in_which_no_round_completed_exits_1_with_each_reason():
 
 def test_cli_exit_code_follows_the_summary(tmp_path, monkeypatch, capsys):
     # Prepare: a finished simulation whose every round failed (simulate replaced, no Flower).
-    def simulate(config: RunConfig, resources: object) -> Path:
+    def simulate(config: RunConfig, resources: object, ray_address: str | None = None) -> Path:
         out = Path(config.out_dir)
         out.mkdir()
         summary = _summary([_failed_row(1, "round 1: secure aggregation aborted")])

@@ -336,7 +336,11 @@ def test_ctrl_c_during_a_run_stops_every_process(tmp_path: Path) -> None:
 
     assert under_way
     assert cli.returncode != 0
-    assert not (Path(config.out_dir) / "summary.json").exists()
+    # The run did not finish: no summary, or (when the ServerApp saw its nodes vanish before it
+    # was stopped, as happens on a loaded machine) one that counts fewer completed rounds.
+    summary = Path(config.out_dir) / "summary.json"
+    if summary.exists():
+        assert json.loads(summary.read_text())["rounds_completed"] < config.rounds
     assert _leftover_processes(workdir) == []
 
 

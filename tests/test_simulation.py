@@ -183,7 +183,11 @@ def test_smoke_run_writes_every_file_and_says_where(smoke):
 
 
 def test_smoke_config_json_is_the_resolved_config(smoke, root):
-    expected = RunConfig.from_mapping({**_smoke_values(root), "out_dir": str(smoke.out_dir)})
+    # The launcher adds the SecAgg+ roster it made for the run's nodes (kept for a resume).
+    roster = smoke.out_dir / "secagg-identities" / "roster.json"
+    expected = RunConfig.from_mapping(
+        {**_smoke_values(root), "out_dir": str(smoke.out_dir), "secagg_roster": str(roster)}
+    )
 
     written = json.loads((smoke.out_dir / "config.json").read_text())
 
