@@ -33,7 +33,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from deploy.certs import NODE_NAME, refuse_existing, write_private, write_public
+from deploy.certs import NODE_NAME, refuse_existing, write_openssh_keypair, write_public
 
 KEY_ID_PREFIX = "fpk_"  # the form Flower Hub gives its key ids
 KEY_ID_HEX_DIGITS = 32
@@ -118,16 +118,7 @@ def generate_app_signing_key(out_dir: Path, name: str) -> AppSigningKey:
     private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     refuse_existing([private_path, public_path])
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    write_private(private_path, private)
-    write_public(public_path, public + f" {name}\n".encode())
+    write_openssh_keypair(key, private_path, public_path, name)
     return AppSigningKey(private_path, public_path, key_id(key.public_key()))
 
 

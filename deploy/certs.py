@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.secagg.identity import ROSTER_FILE, ensure_identities
@@ -193,17 +194,7 @@ def generate_node_key(out_dir: Path, name: str) -> NodeKeyPair:
         name=name, private_key=out_dir / f"{name}.key", public_key=out_dir / f"{name}.pub"
     )
     refuse_existing([pair.private_key, pair.public_key])
-    key = ec.generate_private_key(CURVE())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    write_private(pair.private_key, private)
-    write_public(pair.public_key, public + f" {name}\n".encode())
+    write_openssh_keypair(ec.generate_private_key(CURVE()), pair.private_key, pair.public_key, name)
     return pair
 
 
@@ -269,6 +260,25 @@ def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def write_openssh_keypair(
+    key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey,
+    private_path: Path,
+    public_path: Path,
+    comment: str,
+) -> None:
+    """Write `key` in OpenSSH formats: the private key 0600, the public one with `comment`."""
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    write_private(private_path, private)
+    write_public(public_path, public + f" {comment}\n".encode())
 
 
 def refuse_existing(paths: Sequence[Path]) -> None:
