@@ -67,7 +67,8 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(config.client_threads)
     splits = load_splits(config)
     round_config = msg.content[ROUND_RECORD]
-    _check_public_hash(str(round_config["public_hash"]), public_hash(splits.public_x))
+    public_digest = public_hash(splits.public_x)
+    _check_public_hash(str(round_config["public_hash"]), public_digest)
     secure = bool(round_config.get("secagg", False))
     if secure != config.secagg:  # the run config said one thing, this round says another
         raise ValueError(
@@ -95,9 +96,7 @@ def train(msg: Message, context: Context) -> Message:
 
     if secure:
         return start_secure_round(msg, context, config, contribution)
-    content = plain_reply_content(
-        contribution, counts, config.label_bits, public_hash(splits.public_x), metrics
-    )
+    content = plain_reply_content(contribution, counts, config.label_bits, public_digest, metrics)
     return Message(content, reply_to=msg)
 
 
