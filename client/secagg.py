@@ -1,24 +1,34 @@
-"""Client side of SecAgg+ (Bell et al. 2020) against a malicious server: one state machine per
-round, its state a flat dict.
+"""Client side of SecAgg+ (Bell et al. 2020) against a malicious server, with key set-up
+amortised over a key epoch of R rounds: one state machine per epoch, its state a flat dict.
 
-Stages and payloads (request -> reply); every request after the first repeats ``round``:
+An epoch starts with two set-up stages and then runs R slots, one FL round each:
 
-1. advertise: ``round``, ``cohort`` (sorted ids), ``graph_seed``, ``vector_length`` and the
-   resolved :class:`SecAggParams` fields -> ``c_pk``, ``s_pk`` (32-byte X25519 public keys),
-   ``commitment`` (32-byte SHA-256 commitment to the self-mask seed b), ``identity`` (the node's
-   32-byte Ed25519 public key) and ``key_signature`` (its signature of run, round, node id and
-   both public keys).
+1. advertise: ``round`` (the epoch's first round, e), ``cohort`` (sorted ids), ``graph_seed``,
+   ``vector_length``, ``slots`` (R) and the resolved :class:`SecAggParams` fields -> ``c_pk``
+   (32-byte X25519 key for share encryption), ``s_pks`` (R X25519 mask keys, one per slot,
+   concatenated: 32·R bytes), ``commitments`` (R SHA-256 commitments to the self-mask seeds
+   b_0..b_{R-1}, concatenated), ``identity`` (the node's 32-byte Ed25519 public key) and
+   ``key_signature`` (its signature of run, e, node id, c_pk and s_pks).
 2. share-keys: ``ids``, ``c_pks``, ``s_pks``, ``identities``, ``key_signatures`` of the
    neighbours alive after stage 1 -> ``ids``, ``blobs``: AEAD ciphertexts carrying the
-   neighbour's Shamir shares of b and of s_sk.
-3. masked-input: ``ids``, ``blobs`` addressed to this node by neighbours alive after stage 2,
-   plus the encoded input vector x given by the caller -> ``masked`` (y mod 2^m packed at m
-   bits per value, uint8).
-4. consistency: ``survivors`` (sorted U3: every node whose masked input the server holds) ->
-   ``signature`` of run, round, node id and U3.
+   neighbour's Shamir shares of every b_j and every mask private key s_sk_j.
+
+Then, per slot j (a round r > every round this node masked before):
+
+3. masked-input: ``round``, ``slot`` (j), and until this node has them the ``ids`` and
+   ``blobs`` addressed to it by neighbours alive after stage 2, plus the encoded input x given
+   by the caller -> ``masked`` (y mod 2^m packed at m bits per value, uint8).
+4. consistency: ``survivors`` (sorted U3_j: every node whose masked input the server holds)
+   -> ``signature`` of run, round, node id and U3_j.
 5. unmask: ``signers``, ``identities``, ``signatures`` (the consistency replies) ->
-   ``b_ids``, ``b_shares`` (b-shares of the neighbours in U3 and of this node itself) and
-   ``sk_ids``, ``sk_shares`` (s_sk-shares of the neighbours not in U3), 66-byte field elements.
+   ``b_ids``, ``b_shares`` (slot-j b-shares of the neighbours in U3_j and of this node itself)
+   and ``sk_ids``, ``sk_shares`` (slot-j s_sk-shares of the neighbours not in U3_j).
+
+Every slot has its own self-mask seed and its own mask key pair, so what one slot's unmask
+reveals (b_j of a survivor, or s_sk_j of a dropped node) opens no other slot: a node that
+dropped in slot j masks slot j+1 with fresh secrets and needs no re-keying. A node releases, per
+slot and per neighbour, either the b-share or the s_sk-share, once; shares of a slot are wiped
+after its unmask or as soon as a later slot starts. With R = 1 this is the per-round protocol.
 
 Malicious-server checks (Bonawitz et al. CCS 2017, Bell et al. CCS 2020): every key and every
 consistency signature must come from a distinct identity on the node's roster; |U2| >= t before
@@ -26,11 +36,12 @@ masking; at unmask, for this node and every neighbour v whose shares it holds, a
 v's k + 1 share holders must have signed exactly the U3 this node signed, so no two honest
 holders can be shown different survivor sets; announced settings must equal the node's own
 (modulus width, fractional bits, vector length) or be stricter (degree, threshold, minimum
-cohort); and with DP on, at least the number of verified signers the noise share was sized for.
+cohort); rounds strictly increase; with DP on, at least the number of verified signers the noise
+share was sized for.
 
 A node counts as a holder of its own shares: t of the k neighbours plus itself reconstruct a
-secret. Its own s_sk-share is discarded at once, because a node that answers unmask has sent its
-masked input and is never "dropped"; its own b-share is always released at unmask.
+secret. Its own s_sk-shares are discarded at once, because a node that answers unmask has sent
+its masked input and is never "dropped"; its own b-share of the slot is always released.
 
 Without an identity (in-process experiments only; the Flower handlers always pass one) the
 client signs nothing and checks no signatures: that is the honest-but-curious protocol.
@@ -47,7 +58,7 @@ from typing import get_args, get_origin, get_type_hints
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from common.secagg import STAGES, SecAggParams, SecAggRefusal
+from common.secagg import MAX_SLOTS, STAGES, SecAggParams, SecAggRefusal
 from common.secagg.crypto import (
     KEY_BYTES,
     UINT64_MAX,
@@ -71,11 +82,16 @@ from common.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, 
 
 Payload = dict[str, object]
 StateDict = dict[str, int | float | bytes | list[int] | list[bytes]]
+_STAGE = {name: index for index, name in enumerate(STAGES)}
 
 
 @dataclass
 class _State:
-    """Everything a client remembers between messages; secrets are wiped once no longer needed."""
+    """Everything a client remembers between messages; secrets are wiped once no longer needed.
+
+    Per-slot lists hold R entries; per-(neighbour, slot) lists hold len(ids)·R entries, slot
+    varying fastest. A wiped secret is an empty byte string.
+    """
 
     node_id: int
     policy: list[int]  # the client's own SecAggParams fields, in declaration order
@@ -85,27 +101,29 @@ class _State:
     expected_length: int = 0  # the vector length this node will send (0 = not checked)
     value_bound: float = 0.0  # its own bound B, fixing the modulus width (0 = not checked)
     min_contributors: int = 0  # verified U3 signers the DP noise share was sized for
+    masked_round: int = -1  # last round this node sent a masked input in (-1: none)
     stage: int = 0  # index into STAGES
-    round: int = 0
+    epoch: int = 0  # round of the advertise stage; binds keys, ciphertexts and commitments
+    slots: int = 0  # R, rounds the epoch's secrets cover
+    slot: int = 0  # the slot in progress (stages 3-5) or the next one to use (stage 2)
+    round: int = 0  # round of the slot in progress (the epoch's round during set-up)
     cohort: list[int] = field(default_factory=list)
     graph_seed: int = 0
     params: list[int] = field(default_factory=list)  # resolved settings announced by the server
     vector_length: int = 0
-    # Private keys live from stage 1 to stage 2; the per-peer keys derived from them and the
-    # self-mask seed b from stage 2 to stage 3; received shares from stage 3 to stage 4.
+    # Set-up secrets live from stage 1 to stage 2; per-slot secrets until their slot is used.
     c_sk: bytes = field(default=b"", repr=False)  # share-encryption private key
-    s_sk: bytes = field(default=b"", repr=False)  # pairwise-mask private key
-    self_mask_seed: bytes = field(default=b"", repr=False)  # b
+    s_sks: list[bytes] = field(default_factory=list, repr=False)  # mask private key per slot
+    self_mask_seeds: list[bytes] = field(default_factory=list, repr=False)  # b_j per slot
+    own_b_shares: list[bytes] = field(default_factory=list, repr=False)  # per slot
     peer_ids: list[int] = field(default_factory=list)  # neighbours alive after stage 1
-    # Verified identities of peer_ids (stages 2-3), then of held_ids (stages 3-5).
-    peer_identities: list[bytes] = field(default_factory=list)
+    peer_identities: list[bytes] = field(default_factory=list)  # of peer_ids, then of held_ids
     peer_enc_keys: list[bytes] = field(default_factory=list, repr=False)  # AEAD key per peer
-    peer_mask_keys: list[bytes] = field(default_factory=list, repr=False)  # PRG key per peer
-    own_b_share: bytes = field(default=b"", repr=False)
+    peer_mask_keys: list[bytes] = field(default_factory=list, repr=False)  # per (peer, slot)
     held_ids: list[int] = field(default_factory=list)  # neighbours whose shares this node holds
-    held_b_shares: list[bytes] = field(default_factory=list, repr=False)
-    held_sk_shares: list[bytes] = field(default_factory=list, repr=False)
-    survivors: list[int] = field(default_factory=list)  # the U3 this node signed
+    held_b_shares: list[bytes] = field(default_factory=list, repr=False)  # per (held, slot)
+    held_sk_shares: list[bytes] = field(default_factory=list, repr=False)  # per (held, slot)
+    survivors: list[int] = field(default_factory=list)  # the U3 this node signed this slot
 
 
 _STATE_TYPES = get_type_hints(_State)
@@ -142,12 +160,14 @@ def _blobs(request: Mapping[str, object], key: str, count: int) -> list[bytes]:
 
 
 class SecAggClient:
-    """One client's side of one secure-aggregation round.
+    """One client's side of one key epoch of secure aggregation (set-up plus R rounds).
 
-    Create it with the client's own settings (its policy) and identity, call the five stage
-    methods in order, and persist it between messages with :meth:`to_state` /
-    :meth:`from_state`. Every method raises :class:`SecAggRefusal` for a request that is out of
-    order, malformed, or breaks the protocol or the policy; the state is then unchanged.
+    Create it with the client's own settings (its policy) and identity, call the stage methods
+    in order, and persist it between messages with :meth:`to_state` / :meth:`from_state`. Every
+    method raises :class:`SecAggRefusal` for a request that is out of order, malformed, or
+    breaks the protocol or the policy; the state is then unchanged. An advertise request starts
+    a new epoch at any stage (the old epoch's secrets are dropped unused), and a masked-input
+    request for a later slot abandons an unfinished one.
 
     Parameters
     ----------
@@ -215,17 +235,26 @@ class SecAggClient:
 
     def __repr__(self) -> str:
         state = self._state
-        return f"SecAggClient(node_id={state.node_id}, round={state.round}, stage={self.stage!r})"
+        return (
+            f"SecAggClient(node_id={state.node_id}, round={state.round}, "
+            f"slot={state.slot}/{state.slots}, stage={self.stage!r})"
+        )
 
     @property
     def stage(self) -> str:
-        """Name of the request this client expects next (``'done'`` after unmask)."""
+        """Name of the request this client expects next (``'done'`` once the epoch is used up;
+        an advertise request is accepted at every stage)."""
         return STAGES[self._state.stage]
 
     @property
     def round_number(self) -> int:
         """The round this client is in (0 before the advertise stage)."""
         return self._state.round
+
+    @property
+    def cohort(self) -> list[int]:
+        """The epoch's cohort as announced at advertise (sorted node ids)."""
+        return list(self._state.cohort)
 
     @property
     def round_params(self) -> SecAggParams:
@@ -263,7 +292,7 @@ class SecAggClient:
                 (item,) = get_args(hint)
                 valid = isinstance(value, list) and all(isinstance(v, item) for v in value)
             else:
-                valid = isinstance(value, hint)
+                valid = isinstance(value, hint) and not isinstance(value, bool)
             if not valid:
                 raise ValueError(f"client state field {key!r} must be {hint}")
         if not 0 <= state["stage"] < len(STAGES):
@@ -308,24 +337,35 @@ class SecAggClient:
         return handlers[stage](request)
 
     def advertise(self, request: Mapping[str, object]) -> Payload:
-        """Stage 1: check the round's cohort and settings, make keys and the self-mask seed.
+        """Stage 1: check the epoch's cohort and settings, make its keys and self-mask seeds.
+
+        Accepted at any stage: a new epoch drops whatever secrets the old one still held, unused.
 
         Parameters
         ----------
         request : Mapping[str, object]
-            ``round``, ``cohort``, ``graph_seed``, ``vector_length`` and SecAggParams fields.
+            ``round``, ``cohort``, ``graph_seed``, ``vector_length``, ``slots`` and the
+            SecAggParams fields.
 
         Returns
         -------
         dict
-            ``c_pk``, ``s_pk``, ``commitment`` and ``identity``, 32 bytes each, and
-            ``key_signature`` (64 bytes; empty without an identity).
+            ``c_pk`` and ``identity`` (32 bytes each), ``s_pks`` and ``commitments`` (32·R bytes
+            each) and ``key_signature`` (64 bytes; empty without an identity).
         """
-        state = self._expect("advertise")
+        state = self._state
         round_ = _int(request, "round")
         cohort = _ids(request, "cohort")
         graph_seed = _int(request, "graph_seed")
         vector_length = _int(request, "vector_length")
+        slots = _int(request, "slots")
+        if round_ <= state.masked_round:
+            raise SecAggRefusal(
+                f"advertise for round {round_}, but this node already sent a masked input in "
+                f"round {state.masked_round}: rounds must increase"
+            )
+        if not 1 <= slots <= MAX_SLOTS:
+            raise SecAggRefusal(f"slots must be in [1, {MAX_SLOTS}], got {slots}")
         if cohort != sorted(cohort):
             raise SecAggRefusal("malformed request: cohort must be sorted")
         if state.node_id not in cohort:
@@ -344,33 +384,53 @@ class SecAggClient:
             )
         announced = self._check_settings(request, len(cohort))
         c_sk, c_pk = generate_keypair()
-        s_sk, s_pk = generate_keypair()
-        seed = os.urandom(KEY_BYTES)
-        state.round, state.cohort, state.graph_seed = round_, cohort, graph_seed
-        state.params, state.vector_length = list(dataclasses.astuple(announced)), vector_length
-        state.c_sk, state.s_sk, state.self_mask_seed = c_sk, s_sk, seed
-        state.stage += 1
+        s_pairs = [generate_keypair() for _ in range(slots)]
+        seeds = [os.urandom(KEY_BYTES) for _ in range(slots)]
+        self._state = state = _State(
+            **{
+                name: getattr(state, name)
+                for name in (
+                    "node_id", "policy", "run", "identity_sk", "roster", "expected_length",
+                    "value_bound", "min_contributors", "masked_round",
+                )
+            },
+            stage=_STAGE["share-keys"],
+            epoch=round_,
+            slots=slots,
+            round=round_,
+            cohort=cohort,
+            graph_seed=graph_seed,
+            params=list(dataclasses.astuple(announced)),
+            vector_length=vector_length,
+            c_sk=c_sk,
+            s_sks=[s_sk for s_sk, _ in s_pairs],
+            self_mask_seeds=seeds,
+        )  # fmt: skip
+        s_pks = b"".join(s_pk for _, s_pk in s_pairs)
         identity, signature = b"", b""
         if self.authenticated:
             signer = NodeIdentity(state.identity_sk)
             identity = signer.public_key
-            signature = signer.sign(keys_statement(state.run, round_, state.node_id, c_pk, s_pk))
+            signature = signer.sign(keys_statement(state.run, round_, state.node_id, c_pk, s_pks))
         return {
             "c_pk": c_pk,
-            "s_pk": s_pk,
-            "commitment": commit(seed, round_, state.node_id),
+            "s_pks": s_pks,
+            "commitments": b"".join(
+                commit(seed, round_, state.node_id, slot) for slot, seed in enumerate(seeds)
+            ),
             "identity": identity,
             "key_signature": signature,
         }
 
     def share_keys(self, request: Mapping[str, object]) -> Payload:
-        """Stage 2: Shamir-share s_sk and b among the alive neighbours and encrypt the shares.
+        """Stage 2: Shamir-share every s_sk_j and b_j among the alive neighbours, encrypt the
+        shares, and derive the pairwise mask seeds of every slot.
 
         Parameters
         ----------
         request : Mapping[str, object]
-            ``round`` and ``ids``, ``c_pks``, ``s_pks``, ``identities``, ``key_signatures`` of
-            the neighbours alive after stage 1.
+            ``round`` and ``ids``, ``c_pks``, ``s_pks`` (32·R bytes each), ``identities``,
+            ``key_signatures`` of the neighbours alive after stage 1.
 
         Returns
         -------
@@ -394,15 +454,19 @@ class SecAggClient:
                 f"{len(ids)} alive neighbours plus this node are fewer than the "
                 f"threshold t={params.threshold}"
             )
+        key_bytes = KEY_BYTES * state.slots
+        short = [peer for peer, keys in zip(ids, s_pks, strict=True) if len(keys) != key_bytes]
+        if short:
+            raise SecAggRefusal(f"nodes {short} did not advertise one mask key per slot")
         if self.authenticated:
             self._check_signers(ids, identities)
             forged = [
                 peer
-                for peer, identity, signature, c_pk, s_pk in zip(
+                for peer, identity, signature, c_pk, keys in zip(
                     ids, identities, signatures, c_pks, s_pks, strict=True
                 )
                 if not verify(
-                    identity, signature, keys_statement(state.run, state.round, peer, c_pk, s_pk)
+                    identity, signature, keys_statement(state.run, state.epoch, peer, c_pk, keys)
                 )
             ]
             if forged:
@@ -411,27 +475,43 @@ class SecAggClient:
                     "(missing or wrong signature: substituted keys?)"
                 )
         try:
-            enc_keys = encryption_keys(state.c_sk, c_pks, state.round, state.node_id, ids)
-            mask_seeds = mask_keys(state.s_sk, s_pks, state.round, state.node_id, ids)
+            enc_keys = encryption_keys(state.c_sk, c_pks, state.epoch, state.node_id, ids)
+            per_slot = [
+                mask_keys(
+                    s_sk,
+                    [keys[KEY_BYTES * slot : KEY_BYTES * (slot + 1)] for keys in s_pks],
+                    state.epoch,
+                    state.node_id,
+                    ids,
+                )
+                for slot, s_sk in enumerate(state.s_sks)
+            ]
         except ValueError as error:  # wrong size or low-order public key
             raise SecAggRefusal(f"bad public key: {error}") from error
-        state.own_b_share, blobs = self._encrypt_shares(ids, enc_keys)
-        state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = ids, enc_keys, mask_seeds
+        state.own_b_shares, blobs = self._encrypt_shares(ids, enc_keys)
+        state.peer_ids, state.peer_enc_keys = ids, enc_keys
+        state.peer_mask_keys = [
+            per_slot[slot][i] for i in range(len(ids)) for slot in range(state.slots)
+        ]
         state.peer_identities = identities if self.authenticated else []
-        state.c_sk = state.s_sk = b""  # s_sk is shared; the per-peer keys are all stage 3 needs
-        state.stage += 1
+        state.c_sk, state.s_sks = b"", []  # shared; the per-peer keys are all later stages need
+        state.stage, state.slot = _STAGE["masked-input"], 0
         return {"ids": ids, "blobs": blobs}
 
     def masked_input(self, request: Mapping[str, object], vector: np.ndarray) -> Payload:
-        """Stage 3: store the shares sent to this node and reply with the masked input.
+        """Stage 3 of slot j: store the shares sent to this node (first time only) and reply
+        with the masked input.
 
-        y = x + PRG(b) + sum over neighbours j alive after stage 2 of ±PRG(k_ij) mod 2^m, with
-        + when this node's id is below j's. The keys and b are wiped from the state afterwards.
+        y = x + PRG(b_j) + sum over neighbours v alive after stage 2 of ±PRG(k_uv,j) mod 2^m,
+        with + when this node's id is below v's. Slot j's seed and mask keys are wiped after.
 
         Parameters
         ----------
         request : Mapping[str, object]
-            ``round``, ``ids`` of the senders and ``blobs``, their ciphertexts to this node.
+            ``round`` (above every round this node masked before), ``slot`` (j, not below the
+            next unused slot and below R), and ``ids`` / ``blobs``: the senders and their
+            ciphertexts to this node, needed until this node holds its neighbours' shares and
+            ignored after.
         vector : np.ndarray
             Encoded input x, shape (L,), dtype uint64, values in [0, 2^m) (see
             ``common.secagg.encoding.encode`` with :attr:`round_params`).
@@ -447,34 +527,41 @@ class SecAggClient:
         ValueError
             If ``vector`` does not match the announced length and modulus (a caller error).
         """
-        state = self._expect("masked-input")
-        self._check_round(request)
+        state = self._state
+        stage = STAGES[state.stage]
+        if stage not in ("masked-input", "consistency", "unmask"):
+            raise SecAggRefusal(
+                f"unexpected masked-input request: this client is at stage {stage!r}"
+            )
+        round_ = _int(request, "round")
+        slot = _int(request, "slot")
+        first = state.slot + (stage != "masked-input")  # the earliest slot still unused
+        if round_ <= state.masked_round or round_ < state.round:
+            raise SecAggRefusal(
+                f"masked-input request for round {round_}: this node is in round {state.round} "
+                f"and last masked in round {state.masked_round}; rounds must increase"
+            )
+        if not first <= slot < state.slots:
+            raise SecAggRefusal(
+                f"masked-input request for slot {slot}: this epoch's unused slots are "
+                f"[{first}, {state.slots})"
+            )
         modulus_bits = self.round_params.modulus_bits
         self._check_vector(vector, modulus_bits)
-        ids = _ids(request, "ids")
-        blobs = _blobs(request, "blobs", len(ids))
-        unknown = sorted(set(ids) - set(state.peer_ids))
-        if unknown:
-            raise SecAggRefusal(f"ciphertexts from nodes whose keys this node never got: {unknown}")
-        threshold = self.round_params.threshold
-        if len(ids) + 1 < threshold:  # |U2| >= t: fewer holders would expose the self mask
-            raise SecAggRefusal(
-                f"only {len(ids)} neighbours alive after share-keys: with this node that is "
-                f"fewer than the threshold t={threshold}, so its input would be unprotected"
-            )
-        b_shares, sk_shares = self._decrypt_shares(ids, blobs)
-        masked = self._mask(vector, ids, modulus_bits)
-        state.held_ids, state.held_b_shares, state.held_sk_shares = ids, b_shares, sk_shares
-        if self.authenticated:  # from now on, the identities of the held ids
-            identity_of = dict(zip(state.peer_ids, state.peer_identities, strict=True))
-            state.peer_identities = [identity_of[v] for v in ids]
-        state.self_mask_seed = b""
-        state.peer_ids, state.peer_enc_keys, state.peer_mask_keys = [], [], []
-        state.stage += 1
+        if not state.held_ids:
+            self._take_shares(request)
+        self._wipe_slots_before(slot)
+        masked = self._mask(vector, slot, modulus_bits)
+        state.self_mask_seeds[slot] = b""
+        for index in range(slot, len(state.peer_mask_keys), state.slots):
+            state.peer_mask_keys[index] = b""
+        state.round, state.slot, state.masked_round = round_, slot, round_
+        state.survivors = []
+        state.stage = _STAGE["consistency"]
         return {"masked": pack_words(masked, modulus_bits)}
 
     def consistency(self, request: Mapping[str, object]) -> Payload:
-        """Stage 4: sign the survivor set U3 the server shows, once per round.
+        """Stage 4: sign the survivor set U3 the server shows, once per slot.
 
         Parameters
         ----------
@@ -515,12 +602,12 @@ class SecAggClient:
             statement = survivors_statement(state.run, state.round, state.node_id, survivors)
             signature = NodeIdentity(state.identity_sk).sign(statement)
         state.survivors = survivors
-        state.stage += 1
+        state.stage = _STAGE["unmask"]
         return {"signature": signature}
 
     def unmask(self, request: Mapping[str, object]) -> Payload:
-        """Stage 5: release b-shares of U3 and s_sk-shares of the rest, once, after checking
-        that enough share holders of every affected node signed the same U3.
+        """Stage 5: release this slot's b-shares of U3 and s_sk-shares of the rest, once, after
+        checking that enough share holders of every affected node signed the same U3.
 
         Parameters
         ----------
@@ -539,21 +626,25 @@ class SecAggClient:
         if self.authenticated:
             self._check_consistency(request)
         in_u3 = set(state.survivors)
-        survivors = [v for v in state.held_ids if v in in_u3]
-        dropped = [v for v in state.held_ids if v not in in_u3]
-        b_shares = dict(zip(state.held_ids, state.held_b_shares, strict=True))
-        sk_shares = dict(zip(state.held_ids, state.held_sk_shares, strict=True))
+        slot, slots = state.slot, state.slots
+        survivors = [i for i, v in enumerate(state.held_ids) if v in in_u3]
+        dropped = [i for i, v in enumerate(state.held_ids) if v not in in_u3]
         reply: Payload = {
-            "b_ids": [*survivors, state.node_id],
-            "b_shares": [*(b_shares[v] for v in survivors), state.own_b_share],
-            "sk_ids": dropped,
-            "sk_shares": [sk_shares[v] for v in dropped],
+            "b_ids": [*(state.held_ids[i] for i in survivors), state.node_id],
+            "b_shares": [
+                *(state.held_b_shares[i * slots + slot] for i in survivors),
+                state.own_b_shares[slot],
+            ],
+            "sk_ids": [state.held_ids[i] for i in dropped],
+            "sk_shares": [state.held_sk_shares[i * slots + slot] for i in dropped],
         }
-        # Answering unmask once, for the one U3 this node signed, is what keeps b and s_sk of a
-        # node from both leaving this client; its secrets are fresh every round.
-        state.held_ids, state.held_b_shares, state.held_sk_shares = [], [], []
-        state.own_b_share = b""
-        state.stage += 1
+        # Answering unmask once per slot, for the one U3 this node signed, is what keeps b_j and
+        # s_sk_j of a node from both leaving this client; no other slot uses either secret.
+        self._wipe_slots_before(slot + 1)
+        if slot + 1 < slots:
+            state.stage, state.slot = _STAGE["masked-input"], slot + 1
+        else:
+            self._end_epoch()
         return reply
 
     def _check_signers(self, ids: list[int], identities: list[bytes]) -> None:
@@ -686,48 +777,90 @@ class SecAggClient:
                 )
         return announced
 
-    def _encrypt_shares(self, ids: list[int], enc_keys: list[bytes]) -> tuple[bytes, list[bytes]]:
-        """Share b and s_sk among ``ids`` and this node; encrypt each neighbour's pair of shares.
+    def _encrypt_shares(
+        self, ids: list[int], enc_keys: list[bytes]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Share every b_j and s_sk_j among ``ids`` and this node; encrypt each neighbour's
+        2·R shares (b_0..b_{R-1}, then s_sk_0..s_sk_{R-1}) in one ciphertext.
 
         Returns
         -------
-        tuple[bytes, list[bytes]]
-            This node's own b-share and one ciphertext per neighbour in ``ids``.
+        tuple[list[bytes], list[bytes]]
+            This node's own b-share per slot, and one ciphertext per neighbour in ``ids``.
         """
         state = self._state
         points = share_points(state.cohort)
         holders = [*ids, state.node_id]  # this node's own share comes last
         xs = [points[v] for v in holders]
         threshold = self.round_params.threshold
-        b_shares = split(int.from_bytes(state.self_mask_seed, "big"), threshold, xs)
-        sk_shares = split(int.from_bytes(state.s_sk, "big"), threshold, xs)
+        secrets_ = [*state.self_mask_seeds, *state.s_sks]
+        shares = [split(int.from_bytes(secret, "big"), threshold, xs) for secret in secrets_]
         blobs = []
-        for peer, key, b_share, sk_share in zip(
-            ids, enc_keys, b_shares[:-1], sk_shares[:-1], strict=True
-        ):
-            plaintext = share_to_bytes(b_share) + share_to_bytes(sk_share)
-            blobs.append(encrypt(key, plaintext, state.round, state.node_id, peer))
-        return share_to_bytes(b_shares[-1]), blobs
+        for index, (peer, key) in enumerate(zip(ids, enc_keys, strict=True)):
+            plaintext = b"".join(share_to_bytes(per_secret[index]) for per_secret in shares)
+            blobs.append(encrypt(key, plaintext, state.epoch, state.node_id, peer))
+        own_b_shares = [share_to_bytes(shares[slot][-1]) for slot in range(state.slots)]
+        return own_b_shares, blobs
 
-    def _decrypt_shares(
-        self, ids: list[int], blobs: list[bytes]
-    ) -> tuple[list[bytes], list[bytes]]:
-        """Decrypt and check the (b-share, s_sk-share) pairs that neighbours sent to this node."""
+    def _take_shares(self, request: Mapping[str, object]) -> None:
+        """Decrypt and keep the shares neighbours sent to this node; from now on it masks with
+        exactly those neighbours (U2) in every slot of the epoch."""
         state = self._state
+        ids = _ids(request, "ids")
+        blobs = _blobs(request, "blobs", len(ids))
+        unknown = sorted(set(ids) - set(state.peer_ids))
+        if unknown:
+            raise SecAggRefusal(f"ciphertexts from nodes whose keys this node never got: {unknown}")
+        threshold = self.round_params.threshold
+        if len(ids) + 1 < threshold:  # |U2| >= t: fewer holders would expose the self mask
+            raise SecAggRefusal(
+                f"only {len(ids)} neighbours alive after share-keys: with this node that is "
+                f"fewer than the threshold t={threshold}, so its input would be unprotected"
+            )
+        slots = state.slots
         enc_keys = dict(zip(state.peer_ids, state.peer_enc_keys, strict=True))
         b_shares, sk_shares = [], []
         for peer, blob in zip(ids, blobs, strict=True):
-            key = enc_keys[peer]
             try:
-                plaintext = decrypt(key, blob, state.round, peer, state.node_id)
-                b_share, sk_share = plaintext[:SHARE_BYTES], plaintext[SHARE_BYTES:]
-                share_from_bytes(b_share)
-                share_from_bytes(sk_share)
+                plaintext = decrypt(enc_keys[peer], blob, state.epoch, peer, state.node_id)
+                if len(plaintext) != 2 * slots * SHARE_BYTES:
+                    raise ValueError("wrong number of shares")
+                shares = [
+                    plaintext[i * SHARE_BYTES : (i + 1) * SHARE_BYTES] for i in range(2 * slots)
+                ]
+                for share in shares:
+                    share_from_bytes(share)
             except (InvalidTag, ValueError) as error:
                 raise SecAggRefusal(f"ciphertext from node {peer} failed authentication") from error
-            b_shares.append(b_share)
-            sk_shares.append(sk_share)
-        return b_shares, sk_shares
+            b_shares.extend(shares[:slots])
+            sk_shares.extend(shares[slots:])
+        position = {v: i for i, v in enumerate(state.peer_ids)}
+        state.peer_mask_keys = [
+            state.peer_mask_keys[position[v] * slots + slot] for v in ids for slot in range(slots)
+        ]
+        if self.authenticated:  # from now on, the identities of the held ids
+            state.peer_identities = [state.peer_identities[position[v]] for v in ids]
+        state.held_ids, state.held_b_shares, state.held_sk_shares = ids, b_shares, sk_shares
+        state.peer_ids, state.peer_enc_keys = [], []
+
+    def _wipe_slots_before(self, end: int) -> None:
+        """Forget every secret of slots [0, end): a slot is used at most once."""
+        state = self._state
+        slots = state.slots
+        for slot in range(min(end, slots)):
+            state.self_mask_seeds[slot] = b""
+            state.own_b_shares[slot] = b""
+            for shares in (state.peer_mask_keys, state.held_b_shares, state.held_sk_shares):
+                for index in range(slot, len(shares), slots):
+                    shares[index] = b""
+
+    def _end_epoch(self) -> None:
+        """Forget the epoch: every slot is used, a new advertise is needed."""
+        state = self._state
+        state.stage = _STAGE["done"]
+        state.self_mask_seeds, state.own_b_shares, state.peer_mask_keys = [], [], []
+        state.held_ids, state.held_b_shares, state.held_sk_shares = [], [], []
+        state.peer_identities, state.survivors = [], []
 
     def _check_vector(self, vector: np.ndarray, modulus_bits: int) -> None:
         """Raise ValueError unless ``vector`` is an encoded input of the announced shape."""
@@ -741,14 +874,13 @@ class SecAggClient:
         if modulus_bits < 64 and np.any(vector >> np.uint64(modulus_bits)):
             raise ValueError(f"vector values must be < 2^{modulus_bits}")
 
-    def _mask(self, vector: np.ndarray, peers: list[int], modulus_bits: int) -> np.ndarray:
-        """Add the self mask and the pairwise masks with ``peers`` to x, mod 2^m."""
+    def _mask(self, vector: np.ndarray, slot: int, modulus_bits: int) -> np.ndarray:
+        """Add slot ``slot``'s self mask and pairwise masks with the held neighbours, mod 2^m."""
         state = self._state
         length = state.vector_length
-        mask_seeds = dict(zip(state.peer_ids, state.peer_mask_keys, strict=True))
-        masked = vector + expand(state.self_mask_seed, length, modulus_bits)  # (L,) uint64, wraps
-        for peer in peers:
-            pad = expand(mask_seeds[peer], length, modulus_bits)
+        masked = vector + expand(state.self_mask_seeds[slot], length, modulus_bits)  # (L,) uint64
+        for index, peer in enumerate(state.held_ids):
+            pad = expand(state.peer_mask_keys[index * state.slots + slot], length, modulus_bits)
             if state.node_id < peer:
                 masked += pad
             else:

@@ -1,12 +1,15 @@
-"""Server side of SecAgg+ (Bell et al. 2020): drives one round and recovers the survivors' sum.
+"""Server side of SecAgg+ (Bell et al. 2020): drives one key epoch (set-up, then R rounds) and
+recovers each round's survivors' sum.
 
 The payloads of each stage are described in ``client/secagg.py``. Alive sets shrink stage by
 stage: U1 (answered advertise) ⊇ U2 (answered share-keys) ⊇ U3 (delivered a masked input) ⊇
-U4 (signed U3 in the consistency stage). A node that does not answer, or answers with a
-malformed reply, has dropped. After stages 1 and 2 the server also drops any node with fewer
-than t - 1 alive neighbours: t holders of its secrets would not exist, so its input could never
-be unmasked and the round would fail later. After the consistency stage it aborts if some node
-has fewer than t signers among its share holders, because honest holders then refuse to unmask.
+U4 (signed U3 in the consistency stage). U2 is fixed for the epoch: every later round asks all
+of U2 for a masked input again, so a node that dropped in one round is back in the next. A node
+that does not answer, or answers with a malformed reply, has dropped. After stages 1 and 2 the
+server also drops any node with fewer than t - 1 alive neighbours: t holders of its secrets would
+not exist, so its input could never be unmasked and the round would fail later. After the
+consistency stage it aborts if some node has fewer than t signers among its share holders,
+because honest holders then refuse to unmask.
 
 The server relays identities and signatures but does not need to verify them: the clients do.
 """
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.secagg import STAGES, SecAggAbort, SecAggParams
+from common.secagg import MAX_SLOTS, STAGES, SecAggAbort, SecAggParams
 from common.secagg.crypto import (
     KEY_BYTES,
     NONCE_BYTES,
@@ -39,7 +42,6 @@ from common.secagg.shamir import SHARE_BYTES, combine, share_from_bytes
 logger = logging.getLogger(__name__)
 
 Payload = dict[str, object]
-_CIPHERTEXT_BYTES = NONCE_BYTES + 2 * SHARE_BYTES + TAG_BYTES
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class _Advert:
     """What a node published in stage 1."""
 
     c_pk: bytes
-    s_pk: bytes
-    commitment: bytes
+    s_pks: bytes  # one 32-byte mask key per slot
+    commitments: bytes  # one 32-byte commitment per slot
     identity: bytes
     key_signature: bytes
 
@@ -115,22 +117,26 @@ def _id_list(reply: Mapping[str, object], key: str, expected: list[int]) -> list
 
 
 class SecAggServer:
-    """Server side of one secure-aggregation round.
+    """Server side of one key epoch of secure aggregation: set-up, then up to ``slots`` rounds.
 
-    Call :meth:`requests` and :meth:`receive` once per stage (see :attr:`stage`), then
-    :meth:`result`. :meth:`receive` raises :class:`SecAggAbort` as soon as the round cannot
-    produce a correct sum over at least ``min_cohort`` clients; the object is then finished.
+    Call :meth:`requests` and :meth:`receive` once per stage (see :attr:`stage`) until the
+    stage is ``'done'``, then :meth:`result`; while :attr:`rounds_left` is positive,
+    :meth:`next_round` starts the next round at its masked-input stage. :meth:`receive` raises
+    :class:`SecAggAbort` as soon as a round cannot produce a correct sum over at least
+    ``min_cohort`` clients; the epoch is then finished.
 
     Parameters
     ----------
     round : int
-        Round id, unsigned 64-bit; bound into every key and ciphertext.
+        Round id of the set-up, unsigned 64-bit; bound into every key and ciphertext.
     cohort : list[int]
         Distinct node ids taking part.
     params : SecAggParams
         Resolved settings (``SecAggParams.validate(len(cohort), value_bound)``).
     vector_length : int
         L, the number of uint64 elements of every input.
+    slots : int
+        R, the rounds the epoch's keys cover (1: set-up every round).
     graph_seed : int or None
         Unsigned 64-bit seed of the neighbour graph; random when None.
     """
@@ -142,6 +148,7 @@ class SecAggServer:
         params: SecAggParams,
         vector_length: int,
         *,
+        slots: int = 1,
         graph_seed: int | None = None,
     ) -> None:
         graph_seed = secrets.randbits(64) if graph_seed is None else graph_seed
@@ -152,8 +159,16 @@ class SecAggServer:
             raise ValueError("cohort lists a node twice")
         if vector_length < 1:
             raise ValueError(f"vector_length must be >= 1, got {vector_length}")
+        if not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be an integer in [1, {MAX_SLOTS}], got {slots!r}")
         params.check_resolved(len(cohort))
+        self._epoch = round
         self._round = round
+        self._slots = slots
+        self._slot = 0
+        self._aborted = False
+        self._members: list[int] = []  # U2 after pruning: who masks in every round
+        self._delivered: set[int] = set()  # nodes that have their neighbours' shares
         self._cohort = sorted(cohort)
         self._params = params
         self._length = vector_length
@@ -192,13 +207,56 @@ class SecAggServer:
     def __repr__(self) -> str:
         return (
             f"SecAggServer(round={self._round}, cohort={len(self._cohort)} nodes, "
-            f"stage={self.stage!r})"
+            f"slot={self._slot}/{self._slots}, stage={self.stage!r})"
         )
 
     @property
     def stage(self) -> str:
         """Current stage: one of :data:`common.secagg.STAGES`."""
         return STAGES[self._stage]
+
+    @property
+    def round(self) -> int:
+        """Id of the round in progress (the set-up's round until :meth:`next_round`)."""
+        return self._round
+
+    @property
+    def cohort(self) -> list[int]:
+        """The epoch's cohort (sorted node ids)."""
+        return list(self._cohort)
+
+    @property
+    def rounds_left(self) -> int:
+        """Rounds this epoch can still run with :meth:`next_round` (0 after an abort)."""
+        if self._aborted or self._result is None:
+            return 0
+        return self._slots - self._slot - 1
+
+    def next_round(self, round: int) -> None:
+        """Start the epoch's next round (slot) at its masked-input stage.
+
+        Parameters
+        ----------
+        round : int
+            The new round id; must exceed the previous one.
+
+        Raises
+        ------
+        RuntimeError
+            If the current round is not done, the epoch aborted, or every slot is used.
+        ValueError
+            If ``round`` does not increase.
+        """
+        if self.rounds_left < 1:
+            raise RuntimeError("no round left in this key epoch: start a new epoch")
+        if not isinstance(round, int) or not self._round < round <= UINT64_MAX:
+            raise ValueError(f"round must be an integer in ({self._round}, 2^64), got {round!r}")
+        self._round, self._slot = round, self._slot + 1
+        self._stage = STAGES.index("masked-input")
+        self._contacted = {"masked-input": list(self._members)}
+        self._consistency = {}
+        self._masked_sum = np.zeros(self._length, dtype=np.uint64)  # (L,)
+        self._result = None
 
     def requests(self) -> dict[int, Payload]:
         """Requests of the current stage, one per node to contact.
@@ -248,8 +306,13 @@ class SecAggServer:
                     node,
                     error,
                 )
-        alive = accept(parsed)
+        try:
+            alive = accept(parsed)
+        except SecAggAbort:
+            self._aborted = True
+            raise
         if len(alive) < self._params.min_cohort:
+            self._aborted = True
             raise SecAggAbort(
                 f"round {self._round}: {len(alive)} nodes left after {stage}, "
                 f"fewer than min_cohort={self._params.min_cohort}"
@@ -302,14 +365,15 @@ class SecAggServer:
             "cohort": list(self._cohort),
             "graph_seed": self._graph_seed,
             "vector_length": self._length,
+            "slots": self._slots,
             **self._params.to_config(),
         }
 
     def _parse_advertise(self, node: int, reply: Mapping[str, object]) -> _Advert:
         return _Advert(
             c_pk=_blob(reply, "c_pk", KEY_BYTES),
-            s_pk=_blob(reply, "s_pk", KEY_BYTES),
-            commitment=_blob(reply, "commitment", KEY_BYTES),
+            s_pks=_blob(reply, "s_pks", KEY_BYTES * self._slots),
+            commitments=_blob(reply, "commitments", KEY_BYTES * self._slots),
             identity=_optional_blob(reply, "identity", IDENTITY_BYTES),
             key_signature=_optional_blob(reply, "key_signature", SIGNATURE_BYTES),
         )
@@ -324,26 +388,30 @@ class SecAggServer:
             "round": self._round,
             "ids": peers,
             "c_pks": [self._adverts[peer].c_pk for peer in peers],
-            "s_pks": [self._adverts[peer].s_pk for peer in peers],
+            "s_pks": [self._adverts[peer].s_pks for peer in peers],
             "identities": [self._adverts[peer].identity for peer in peers],
             "key_signatures": [self._adverts[peer].key_signature for peer in peers],
         }
 
     def _parse_share_keys(self, node: int, reply: Mapping[str, object]) -> dict[int, bytes]:
         ids = _id_list(reply, "ids", self._alive_neighbours(node, "share-keys"))
-        blobs = _blob_list(reply, "blobs", len(ids), _CIPHERTEXT_BYTES)
+        size = NONCE_BYTES + 2 * self._slots * SHARE_BYTES + TAG_BYTES
+        blobs = _blob_list(reply, "blobs", len(ids), size)
         return dict(zip(ids, blobs, strict=True))
 
     def _accept_share_keys(self, outboxes: dict[int, dict[int, bytes]]) -> list[int]:
         for sender, blobs in outboxes.items():
             for receiver, blob in blobs.items():
                 self._inbox.setdefault(receiver, {})[sender] = blob
-        return self._prune(sorted(outboxes))
+        self._members = self._prune(sorted(outboxes))
+        return self._members
 
     def _masked_input_request(self, node: int) -> Payload:
-        senders = self._alive_neighbours(node, "masked-input")
+        """Round and slot, with the shares addressed to ``node`` until it has answered once."""
+        senders = [] if node in self._delivered else self._alive_neighbours(node, "masked-input")
         return {
             "round": self._round,
+            "slot": self._slot,
             "ids": senders,
             "blobs": [self._inbox[node][sender] for sender in senders],
         }
@@ -358,6 +426,7 @@ class SecAggServer:
     def _accept_masked_input(self, masked_inputs: dict[int, np.ndarray]) -> list[int]:
         for masked in masked_inputs.values():
             self._masked_sum += masked  # (L,) uint64, wraps mod 2^64
+        self._delivered.update(masked_inputs)
         return sorted(masked_inputs)
 
     def _consistency_request(self, node: int) -> Payload:
@@ -421,9 +490,9 @@ class SecAggServer:
             if not peers:
                 continue  # no survivor masked with it
             s_sk = self._reconstruct(owner, released, "s_sk")
-            s_pks = [self._adverts[peer].s_pk for peer in peers]
+            s_pks = [self._slot_key(self._adverts[peer].s_pks) for peer in peers]
             for peer, key in zip(
-                peers, mask_keys(s_sk, s_pks, self._round, owner, peers), strict=True
+                peers, mask_keys(s_sk, s_pks, self._epoch, owner, peers), strict=True
             ):
                 pad = expand(key, length, modulus_bits)
                 if peer < owner:  # the survivor added this pad
@@ -436,7 +505,8 @@ class SecAggServer:
         return survivors
 
     def _reconstruct(self, owner: int, released: dict[int, _Unmasked], kind: str) -> bytes:
-        """Recover ``owner``'s self-mask seed ("b") or mask private key ("s_sk") from t shares.
+        """Recover ``owner``'s self-mask seed ("b") or mask private key ("s_sk") of the current
+        slot from t shares.
 
         The result is checked against what the owner published in stage 1 (the commitment to b,
         the public key of s_sk), so a wrong share aborts the round instead of corrupting the sum.
@@ -456,12 +526,18 @@ class SecAggServer:
         secret = value.to_bytes(KEY_BYTES, "big") if value.bit_length() <= 8 * KEY_BYTES else b""
         advert = self._adverts[owner]
         if kind == "b":
-            valid = commit(secret, self._round, owner) == advert.commitment
+            valid = commit(secret, self._epoch, owner, self._slot) == self._slot_key(
+                advert.commitments
+            )
         else:
-            valid = len(secret) == KEY_BYTES and public_key(secret) == advert.s_pk
+            valid = len(secret) == KEY_BYTES and public_key(secret) == self._slot_key(advert.s_pks)
         if not valid:
             raise SecAggAbort(
                 f"reconstructed {kind} of node {owner} does not match what it published in "
                 "stage 1: a released share is wrong"
             )
         return secret
+
+    def _slot_key(self, per_slot: bytes) -> bytes:
+        """The current slot's 32 bytes of a per-slot concatenation (keys or commitments)."""
+        return per_slot[KEY_BYTES * self._slot : KEY_BYTES * (self._slot + 1)]

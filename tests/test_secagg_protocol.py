@@ -15,13 +15,15 @@ from client.secagg import SecAggClient
 from client.secagg_handlers import respond_logged
 from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes
 from common.secagg import STAGES, SecAggAbort, SecAggParams, SecAggRefusal
-from common.secagg.crypto import generate_keypair
+from common.secagg.crypto import generate_keypair, mask_keys, public_key
 from common.secagg.encoding import decode_sum, encode
 from common.secagg.graph import neighbour_graph
 from common.secagg.identity import NodeIdentity, keys_statement, survivors_statement
-from common.secagg.packing import packed_size
+from common.secagg.packing import packed_size, unpack_words
+from common.secagg.prg import expand
+from common.secagg.shamir import share_from_bytes
 from common.secure_codec import payload_to_records
-from server.secagg import SecAggResult, SecAggServer
+from server.secagg import SecAggResult, SecAggServer, _Unmasked
 
 RUN = 9001
 ROUND = 11
@@ -40,9 +42,11 @@ def make_cohort(n_clients: int, seed: int = 0) -> list[int]:
     return sorted(cohort)
 
 
-def random_vectors(cohort: list[int], modulus_bits: int, length: int = LENGTH) -> dict:
-    """Uniform inputs mod 2^m, one per node, shape (L,) uint64."""
-    rng = np.random.default_rng(len(cohort))
+def random_vectors(
+    cohort: list[int], modulus_bits: int, length: int = LENGTH, round_: int = ROUND
+) -> dict:
+    """Uniform inputs mod 2^m, one per node, shape (L,) uint64 (new ones every round)."""
+    rng = np.random.default_rng([len(cohort), round_])
     return {node: rng.integers(0, 2**modulus_bits, size=length, dtype=np.uint64) for node in cohort}
 
 
@@ -65,11 +69,16 @@ class Deployment:
         length: int = LENGTH,
         transport: Callable[[dict], dict] = dict,
         min_contributors: int = 0,
+        slots: int = 1,
     ) -> None:
         self.transport = transport  # what every payload and state passes through on the wire
         self.cohort = make_cohort(n_clients)
+        self.length = length
         self.params = params or policy.validate(n_clients, BOUND)
-        self.server = SecAggServer(ROUND, self.cohort, self.params, length, graph_seed=GRAPH_SEED)
+        self.server = SecAggServer(
+            ROUND, self.cohort, self.params, length, slots=slots, graph_seed=GRAPH_SEED
+        )
+        self.replies: dict[tuple[int, str], dict[int, dict]] = {}  # (round, stage) -> replies
         self.identities = {node: NodeIdentity.generate() for node in self.cohort}
         self.roster = [identity.public_key for identity in self.identities.values()]
         self.states = {
@@ -89,22 +98,35 @@ class Deployment:
     def client(self, node: int) -> SecAggClient:
         return SecAggClient.from_state(self.transport(self.states[node]))
 
-    def ask(self, node: int, request: dict) -> dict:
-        """Deliver one request to a node as a fresh process would, and persist its state."""
+    def ask(self, node: int, request: dict, stage: str = "") -> dict:
+        """Deliver one request of ``stage`` (default: the server's) to a node as a fresh process
+        would, and persist its state."""
         client = self.client(node)
-        reply = client.respond(self.server.stage, self.transport(request), self.vectors[node])
+        stage = stage or self.server.stage
+        reply = client.respond(stage, self.transport(request), self.vectors[node])
         self.states[node] = client.to_state()
         return self.transport(reply)
 
     def step(self, silent: Collection[int] = ()) -> dict[int, dict]:
         """Run the current stage; ``silent`` nodes do not reply. Returns the replies."""
+        stage, round_ = self.server.stage, self.round
         replies = {
             node: self.ask(node, request)
             for node, request in self.server.requests().items()
             if node not in silent
         }
         self.server.receive(replies)
+        self.replies[round_, stage] = replies
         return replies
+
+    @property
+    def round(self) -> int:
+        return self.server.round
+
+    def next_round(self, round_: int) -> None:
+        """Start the epoch's next round; every node gets a new input."""
+        self.server.next_round(round_)
+        self.vectors = random_vectors(self.cohort, self.params.modulus_bits, self.length, round_)
 
     def run_to(self, stage: str) -> None:
         """Run all stages before ``stage`` with every node replying."""
@@ -289,11 +311,11 @@ def test_server_validates_its_inputs_and_stage_order() -> None:
 # --- client refusals ------------------------------------------------------------------------
 
 
-def refusal(deployment: Deployment, node: int, request: dict, match: str) -> None:
+def refusal(deployment: Deployment, node: int, request: dict, match: str, stage: str = "") -> None:
     """Assert the node refuses ``request`` and keeps its state."""
     before = deployment.states[node]
     with pytest.raises(SecAggRefusal, match=match):
-        deployment.ask(node, request)
+        deployment.ask(node, request, stage)
     assert deployment.states[node] == before
 
 
@@ -407,7 +429,7 @@ def test_a_refusal_is_logged_with_its_reason_and_no_secret(caplog) -> None:
 
     assert "refusing share-keys request" in caplog.text and "not signed" in caplog.text
     state = deployment.states[node]
-    for secret in (state["c_sk"], state["s_sk"], state["self_mask_seed"], state["identity_sk"]):
+    for secret in (state["c_sk"], *state["s_sks"], *state["self_mask_seeds"], state["identity_sk"]):
         assert secret.hex() not in caplog.text and repr(secret) not in caplog.text
 
 
@@ -425,7 +447,8 @@ def test_client_refuses_ciphertexts_with_wrong_associated_data() -> None:
     ]
 
     refusal(deployment, node, forged, f"from node {sender} failed authentication")
-    refusal(deployment, node, {**requests[node], "round": ROUND + 1}, "request for round 12")
+    refusal(deployment, node, {**requests[node], "round": ROUND - 1}, "rounds must increase")
+    refusal(deployment, node, {**requests[node], "slot": 1}, r"unused slots are \[0, 1\)")
 
 
 def test_client_refuses_masked_input_with_fewer_than_t_share_holders() -> None:
@@ -627,7 +650,7 @@ def test_client_state_is_flat_and_round_trips_and_secrets_are_wiped() -> None:
         SecAggClient.from_state({**state, "extra": 1})
     with pytest.raises(ValueError, match="'cohort' must be"):
         SecAggClient.from_state({**state, "cohort": ["a"]})
-    secrets = [state["c_sk"], state["s_sk"], state["self_mask_seed"], state["identity_sk"]]
+    secrets = [state["c_sk"], *state["s_sks"], *state["self_mask_seeds"], state["identity_sk"]]
     shown = repr(deployment.client(node)) + repr(vars(deployment.client(node)))
     assert all(
         len(secret) == 32 and secret.hex() not in shown and repr(secret) not in shown
@@ -636,8 +659,14 @@ def test_client_state_is_flat_and_round_trips_and_secrets_are_wiped() -> None:
 
     deployment.run_to("unmask")
     state = deployment.states[node]
-    assert state["c_sk"] == state["s_sk"] == state["self_mask_seed"] == b""
-    assert state["peer_enc_keys"] == state["peer_mask_keys"] == []
+    assert state["c_sk"] == b"" and state["s_sks"] == [] and state["self_mask_seeds"] == [b""]
+    assert state["peer_enc_keys"] == [] and state["peer_mask_keys"] == [b""] * len(
+        state["held_ids"]
+    )
+    deployment.finish()
+    state = deployment.states[node]
+    assert state["stage"] == STAGES.index("done")
+    assert state["own_b_shares"] == state["held_b_shares"] == state["held_sk_shares"] == []
 
 
 def test_client_rejects_a_vector_of_the_wrong_shape_or_range() -> None:
@@ -711,3 +740,183 @@ def test_masked_reply_bytes_are_the_packed_words_plus_a_constant(modulus_bits: i
         overheads.append(payload_bytes(content) - packed_size(length, modulus_bits))
 
     assert overheads == [134, 134, 134]
+
+
+# --- key epochs: set-up once, then R rounds --------------------------------------------------
+
+
+def test_an_epoch_sums_exactly_each_round_with_dropouts_in_every_stage_and_returns() -> None:
+    # Round 1 (with set-up) loses nodes in all five stages; rounds 2-4 reuse the keys: a node
+    # that dropped before its masked input in one round is asked again and counted in the next.
+    deployment = Deployment(30, slots=4)
+    cohort = deployment.cohort
+    silent = {stage: cohort[3 * i : 3 * i + 2] for i, stage in enumerate(STAGES[:-1])}
+    set_up_losses = {*silent["advertise"], *silent["share-keys"]}
+    later = [
+        {"masked-input": cohort[15:17], "consistency": cohort[17:18], "unmask": cohort[18:20]},
+        {"masked-input": cohort[20:23]},
+        {},
+    ]
+
+    results = [deployment.finish(silent)]
+    for offset, round_silent in enumerate(later, start=1):
+        deployment.next_round(ROUND + 2 * offset)  # rounds need only increase
+        results.append(deployment.finish(round_silent))
+
+    assert deployment.server.rounds_left == 0
+    modulus_bits = deployment.params.modulus_bits
+    for result, round_silent in zip(results, [silent, *later], strict=True):
+        lost = set_up_losses | set(round_silent.get("masked-input", ()))
+        assert result.survivors == [node for node in cohort if node not in lost]
+    assert set(cohort[6:8]) <= set(results[1].survivors)  # dropped in round 1, back in round 2
+    np.testing.assert_array_equal(
+        results[-1].total, plain_sum(deployment.vectors, results[-1].survivors, modulus_bits)
+    )
+    for offset, result in enumerate(results):
+        vectors = random_vectors(cohort, modulus_bits, LENGTH, ROUND + 2 * offset)
+        np.testing.assert_array_equal(
+            result.total, plain_sum(vectors, result.survivors, modulus_bits)
+        )
+
+
+def test_steady_state_rounds_carry_no_set_up_and_the_shares_only_once() -> None:
+    deployment = Deployment(10, slots=3)
+    deployment.finish()
+    first = deployment.replies[ROUND, "masked-input"]
+    deployment.next_round(ROUND + 1)
+    requests = deployment.server.requests()
+
+    assert deployment.server.stage == "masked-input"
+    assert all(request["ids"] == [] and request["blobs"] == [] for request in requests.values())
+    assert all(request["slot"] == 1 for request in requests.values())
+    deployment.finish()
+    second = deployment.replies[ROUND + 1, "masked-input"]
+    assert all(not np.array_equal(first[v]["masked"], second[v]["masked"]) for v in first)
+
+
+def test_a_dropped_nodes_revealed_secret_opens_none_of_its_other_rounds() -> None:
+    # v drops in round 1: the server rebuilds s_sk_{v,0}. In round 2 v survives and the server
+    # rebuilds b_{v,1}. Had both rounds used one mask key pair, v's round-2 input would now be
+    # open; with a key pair per slot, removing what the server knows leaves it masked.
+    deployment = Deployment(10, slots=2)
+    victim = deployment.cohort[4]
+    deployment.finish({"masked-input": [victim]})
+    deployment.next_round(ROUND + 1)
+    deployment.finish()
+    server = deployment.server
+    modulus_bits = deployment.params.modulus_bits
+    released = {
+        holder: server_unmasked(reply)
+        for holder, reply in deployment.replies[ROUND, "unmask"].items()
+    }
+    server._slot = 0  # rebuild as the server did in round 1
+    s_sk_0 = server._reconstruct(victim, released, "s_sk")
+    released = {
+        holder: server_unmasked(reply)
+        for holder, reply in deployment.replies[ROUND + 1, "unmask"].items()
+    }
+    server._slot = 1
+    b_1 = server._reconstruct(victim, released, "b")
+    y = unpack_words(
+        deployment.replies[ROUND + 1, "masked-input"][victim]["masked"], LENGTH, modulus_bits
+    )
+    peers = [v for v in deployment.graph[victim]]
+    s_pks_0 = [server._adverts[v].s_pks[:32] for v in peers]
+    guess = y - expand(b_1, LENGTH, modulus_bits)
+    for peer, key in zip(peers, mask_keys(s_sk_0, s_pks_0, ROUND, victim, peers), strict=True):
+        pad = expand(key, LENGTH, modulus_bits)
+        guess = guess - pad if victim < peer else guess + pad
+    guess &= np.uint64(2**modulus_bits - 1)
+
+    assert not np.array_equal(guess, deployment.vectors[victim])
+    assert public_key(s_sk_0) != server._adverts[victim].s_pks[32:]
+
+
+def test_no_node_releases_both_shares_of_one_secret_slot_across_rounds() -> None:
+    deployment = Deployment(12, slots=3)
+    cohort = deployment.cohort
+    drops = [[cohort[1]], [cohort[2], cohort[1]], [cohort[5]]]
+    for offset, dropped in enumerate(drops):
+        if offset:
+            deployment.next_round(ROUND + offset)
+        deployment.finish({"masked-input": dropped})
+
+    for holder in cohort:
+        released: dict[tuple[int, int], set[str]] = {}
+        for offset in range(len(drops)):
+            reply = deployment.replies[ROUND + offset, "unmask"].get(holder)
+            for owner in (reply or {}).get("b_ids", []):
+                released.setdefault((owner, offset), set()).add("b")
+            for owner in (reply or {}).get("sk_ids", []):
+                released.setdefault((owner, offset), set()).add("s_sk")
+        assert all(len(kinds) == 1 for kinds in released.values())
+
+
+def test_client_refuses_a_used_slot_a_stale_round_and_an_epoch_too_long() -> None:
+    deployment = Deployment(6, slots=3)
+    deployment.finish()
+    node = deployment.cohort[0]
+    deployment.next_round(ROUND + 1)
+    request = deployment.server.requests()[node]
+
+    refusal(deployment, node, {**request, "slot": 0}, r"unused slots are \[1, 3\)")
+    refusal(deployment, node, {**request, "round": ROUND}, "rounds must increase")
+    deployment.step()  # slot 1 masked
+    replay = {**request, "round": ROUND + 2}
+    refusal(deployment, node, replay, r"unused slots are \[2, 3\)", "masked-input")
+    too_long = {**deployment_advertise(deployment, node), "round": ROUND + 3, "slots": 65}
+    refusal(deployment, node, too_long, r"slots must be in \[1, 64\]", "advertise")
+    stale = {**deployment_advertise(deployment, node), "round": ROUND + 1}
+    refusal(deployment, node, stale, "already sent a masked input in round 12", "advertise")
+
+
+def test_a_steady_round_cannot_shrink_the_masking_neighbours() -> None:
+    # The |U2| >= t attack in steady state: the shares (and with them the set of neighbours a
+    # node masks with) are fixed at set-up, so a later request listing no neighbours changes
+    # nothing; the sum over the survivors is still exact and the input still masked.
+    deployment = Deployment(10, slots=2)
+    deployment.finish()
+    deployment.next_round(ROUND + 1)
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    assert request["ids"] == []
+    reply = deployment.ask(node, request)
+    masked = unpack_words(reply["masked"], LENGTH, deployment.params.modulus_bits)
+    assert not np.array_equal(masked, deployment.vectors[node])
+
+
+def test_an_advertise_starts_a_new_epoch_and_forgets_the_old_secrets() -> None:
+    deployment = Deployment(6, slots=3)
+    deployment.finish()
+    node = deployment.cohort[0]
+    old = deployment.states[node]
+    request = {**deployment_advertise(deployment, node), "round": ROUND + 5}
+    reply = deployment.ask(node, request, "advertise")
+    state = deployment.states[node]
+
+    assert state["stage"] == STAGES.index("share-keys") and state["epoch"] == ROUND + 5
+    assert state["held_ids"] == [] and state["held_b_shares"] == []
+    assert reply["s_pks"] != old  # fresh keys
+    assert not set(state["self_mask_seeds"]) & set(old["self_mask_seeds"])
+
+
+def deployment_advertise(deployment: Deployment, node: int) -> dict:
+    """An advertise request for ``node`` as the deployment's server would build it."""
+    return {
+        "round": ROUND,
+        "cohort": deployment.cohort,
+        "graph_seed": GRAPH_SEED,
+        "vector_length": deployment.length,
+        "slots": 3,
+        **deployment.params.to_config(),
+    }
+
+
+def server_unmasked(reply: dict):
+    """An unmask reply as the server's parsed form (field elements keyed by owner)."""
+    b_shares = zip(reply["b_ids"], reply["b_shares"], strict=True)
+    sk_shares = zip(reply["sk_ids"], reply["sk_shares"], strict=True)
+    return _Unmasked(
+        b_shares={owner: share_from_bytes(share) for owner, share in b_shares},
+        sk_shares={owner: share_from_bytes(share) for owner, share in sk_shares},
+    )

@@ -4,6 +4,10 @@ from common.secagg.errors import SecAggAbort, SecAggRefusal
 from common.secagg.params import SecAggParams
 
 STAGES = ("advertise", "share-keys", "masked-input", "consistency", "unmask", "done")
-"""Protocol stages in order; all but "done" are one server request and one client reply each."""
+"""Protocol stages in order; all but "done" are one server request and one client reply each.
+A key epoch runs the first two once, then the next three once per round (slot)."""
 
-__all__ = ["STAGES", "SecAggAbort", "SecAggParams", "SecAggRefusal"]
+MAX_SLOTS = 64
+"""Most rounds one key epoch may cover (a client refuses more: its set-up cost grows with R)."""
+
+__all__ = ["MAX_SLOTS", "STAGES", "SecAggAbort", "SecAggParams", "SecAggRefusal"]

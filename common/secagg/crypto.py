@@ -174,8 +174,9 @@ def decrypt(key: bytes, blob: bytes, round: int, sender: int, receiver: int) -> 
     return AESGCM(key).decrypt(nonce, body, _pack_ids(round, sender, receiver))
 
 
-def commit(secret: bytes, round: int, node: int) -> bytes:
-    """SHA-256 commitment to a 256-bit random secret, bound to round and node.
+def commit(secret: bytes, round: int, node: int, slot: int = 0) -> bytes:
+    """SHA-256 commitment to a 256-bit random secret, bound to round, node and slot (the round of
+    a key epoch the secret masks).
 
     It lets the server check a reconstructed self-mask seed; since the secret is uniformly random
     and 256 bits long, the commitment reveals nothing usable about it.
@@ -185,4 +186,4 @@ def commit(secret: bytes, round: int, node: int) -> bytes:
     bytes
         32-byte digest.
     """
-    return hashlib.sha256(_DOMAIN + b"self-mask" + _pack_ids(round, node) + secret).digest()
+    return hashlib.sha256(_DOMAIN + b"self-mask" + _pack_ids(round, node, slot) + secret).digest()

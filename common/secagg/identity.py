@@ -45,9 +45,11 @@ def _words(*values: int) -> bytes:
     return struct.pack(f">{len(values)}Q", *values)
 
 
-def keys_statement(run: int, round: int, node: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    """What a node signs when it advertises its two X25519 public keys (32 bytes each)."""
-    return _DOMAIN + b"keys" + _words(run, round, node) + c_pk + s_pk
+def keys_statement(run: int, round: int, node: int, c_pk: bytes, s_pks: bytes) -> bytes:
+    """What a node signs when it advertises its X25519 public keys for a key epoch starting at
+    ``round``: ``c_pk`` (32 bytes) and one mask key per round of the epoch, concatenated
+    (32·R bytes, so R is bound too)."""
+    return _DOMAIN + b"keys" + _words(run, round, node) + c_pk + s_pks
 
 
 def survivors_statement(run: int, round: int, node: int, survivors: Sequence[int]) -> bytes:
