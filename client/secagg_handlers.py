@@ -1,9 +1,10 @@
 """Client side of SecAgg+ over Flower messages: state in `context.state`, refusals logged.
 
-Stage 1 (advertise) is answered from the `train` handler once the contribution exists; the
-later stages have their own message types. Between messages the protocol state (which holds
-private keys) lives only in `context.state`, because in deployment every message may run in a
-fresh process.
+The `train` handler answers the SecAgg+ request its message carries once the contribution
+exists: advertise when the server starts a key epoch, masked-input in the epoch's later rounds;
+the other stages have their own message types. Between messages, and between the rounds of a
+key epoch, the protocol state (which holds private keys) lives only in `context.state`, because
+in deployment every message may run in a fresh process.
 
 Trust comes from the node, not the server: the node's identity key and the roster of identities
 it accepts are read from its node config (`secagg-identity`, `secagg-roster`, written by the
@@ -102,40 +103,59 @@ def contribution_ledger(context: Context, config: RunConfig, name: str) -> Contr
 
 
 def start_secure_round(
-    msg: Message, context: Context, config: RunConfig, contribution: Contribution
+    msg: Message, context: Context, config: RunConfig, contribution: Contribution, stage: str
 ) -> Message:
-    """Check the round against the ledger, add this client's DP noise share (if any), keep the
-    contribution for stage 3 and answer the advertise stage."""
+    """Answer the SecAgg+ request a `train` message carries, once the contribution exists.
+
+    ``stage`` is 'advertise' (a new key epoch: the contribution, with this client's DP noise
+    share, waits in the node state for the masked-input stage) or 'masked-input' (a later round
+    of the epoch: the masked contribution is the reply). Either way the ledger is checked first.
+    """
     request = _request(msg)
     try:
+        if stage not in ("advertise", "masked-input"):
+            raise SecAggRefusal(
+                f"a train message carries SecAgg+ stage {stage!r}; expected 'advertise' or "
+                "'masked-input'"
+            )
         identity, roster, name = node_identity(config, context.node_config)
         round_ = request.get("round")
-        cohort = request.get("cohort")
-        if not isinstance(round_, int) or not isinstance(cohort, list):
-            raise SecAggRefusal("malformed request: 'round' and 'cohort' are needed")
+        if not isinstance(round_, int):
+            raise SecAggRefusal("malformed request: 'round' is needed")
         scope = run_scope(config.to_dict())
         report = contribution.weighted_vector()  # (L,) float64, before noise
         digest = report_digest(identity.ledger_key(), round_, report.tobytes())
         contribution_ledger(context, config, name).check(scope, round_, digest)
+        if stage == "masked-input" and STATE_PROTOCOL not in context.state:
+            raise SecAggRefusal(
+                "masked-input request but this node holds no key epoch (a restart loses it): "
+                "the server must set up a new one"
+            )
     except SecAggRefusal as refusal:
-        log.warning("secure aggregation: refusing advertise request: %s", refusal)
+        log.warning("secure aggregation: refusing %s request: %s", stage, refusal)
         raise
-    # The noise share is sized for the announced cohort; the client then refuses to unmask
-    # unless that many verified roster members signed the survivor set.
     n_query = len(contribution.probs)
-    noise_std = dp_noise_share_std(config, n_query, len(cohort))
-    min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
-    protocol = SecAggClient(
-        context.node_id,
-        client_policy(config),
-        run=msg.metadata.run_id,
-        identity=identity,
-        roster=sorted(roster.keys),
-        expected_length=len(report),
-        value_bound=value_bound(config, noise_std),
-        min_contributors=min_contributors,
-    )
-    reply = respond_logged(protocol, "advertise", request)
+    if stage == "advertise":
+        cohort = request.get("cohort")
+        if not isinstance(cohort, list):
+            raise SecAggRefusal("malformed request: 'cohort' is needed")
+        # The noise share is sized for the announced cohort; the client then refuses to unmask
+        # unless that many verified roster members signed the survivor set.
+        noise_std = dp_noise_share_std(config, n_query, len(cohort))
+        min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
+        protocol = SecAggClient(
+            context.node_id,
+            client_policy(config),
+            run=msg.metadata.run_id,
+            identity=identity,
+            roster=sorted(roster.keys),
+            expected_length=len(report),
+            value_bound=value_bound(config, noise_std),
+            min_contributors=min_contributors,
+        )
+    else:
+        protocol = SecAggClient.from_state(dict(context.state[STATE_PROTOCOL]))
+        noise_std = dp_noise_share_std(config, n_query, len(protocol.cohort))
     noised = add_dp_noise_share(contribution, noise_std)
     context.state[STATE_CONTRIBUTION] = arrays_to_record(
         {
@@ -150,7 +170,11 @@ def start_secure_round(
             ),
         }
     )
-    context.state[STATE_PROTOCOL] = ConfigRecord(protocol.to_state())
+    if stage == "advertise":
+        reply = respond_logged(protocol, "advertise", request)
+    else:
+        reply = _masked_reply(protocol, context, config, request)
+    _keep(context, protocol)
     return _reply(msg, reply)
 
 
@@ -160,34 +184,49 @@ def continue_secure_round(msg: Message, context: Context, config: RunConfig, sta
         raise SecAggRefusal(f"{stage} request without an advertise stage in this run")
     protocol = SecAggClient.from_state(dict(context.state[STATE_PROTOCOL]))
     request = _request(msg)
-    vector = None
     if stage == "masked-input":
-        kept = record_to_arrays(context.state[STATE_CONTRIBUTION])
-        contribution = Contribution(
-            probs=kept["probs"],
-            weight=float(kept["weight"][0]),
-            row_weights=kept.get("row_weights"),
-        )
-        bound = value_bound(config, float(kept["noise_std"][0]))
-        vector = encode_contribution(contribution, protocol.round_params, bound)
-        reply = respond_logged(protocol, stage, request, vector)
-        # Remembered before the masked input leaves: a crash after this line refuses a re-run.
-        _, _, name = node_identity(config, context.node_config)
-        ledger = contribution_ledger(context, config, name)
-        digest = kept["report_digest"].tobytes().hex()
-        try:
-            ledger.record(run_scope(config.to_dict()), protocol.round_number, digest)
-        except SecAggRefusal as refusal:
-            log.warning("secure aggregation: refusing masked-input request: %s", refusal)
-            raise
+        reply = _masked_reply(protocol, context, config, request)
     else:
         reply = respond_logged(protocol, stage, request)
+    _keep(context, protocol)
+    return _reply(msg, reply)
+
+
+def _masked_reply(
+    protocol: SecAggClient, context: Context, config: RunConfig, request: Mapping[str, object]
+) -> dict:
+    """Encode the kept contribution, mask it, and record the round in the ledger before the
+    masked input leaves; the contribution is then dropped from the node state."""
+    if STATE_CONTRIBUTION not in context.state:
+        raise SecAggRefusal("masked-input request before this round's train message")
+    kept = record_to_arrays(context.state[STATE_CONTRIBUTION])
+    contribution = Contribution(
+        probs=kept["probs"],
+        weight=float(kept["weight"][0]),
+        row_weights=kept.get("row_weights"),
+    )
+    bound = value_bound(config, float(kept["noise_std"][0]))
+    vector = encode_contribution(contribution, protocol.round_params, bound)
+    reply = respond_logged(protocol, "masked-input", request, vector)
+    # Remembered before the masked input leaves: a crash after this line refuses a re-run.
+    _, _, name = node_identity(config, context.node_config)
+    ledger = contribution_ledger(context, config, name)
+    digest = kept["report_digest"].tobytes().hex()
+    try:
+        ledger.record(run_scope(config.to_dict()), protocol.round_number, digest)
+    except SecAggRefusal as refusal:
+        log.warning("secure aggregation: refusing masked-input request: %s", refusal)
+        raise
+    del context.state[STATE_CONTRIBUTION]
+    return reply
+
+
+def _keep(context: Context, protocol: SecAggClient) -> None:
+    """Persist the protocol state for the next message, or drop it once the epoch is used up."""
     if protocol.stage == "done":  # nothing secret is needed any more
         del context.state[STATE_PROTOCOL]
-        del context.state[STATE_CONTRIBUTION]
     else:
         context.state[STATE_PROTOCOL] = ConfigRecord(protocol.to_state())
-    return _reply(msg, reply)
 
 
 def respond_logged(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from common.secagg import MAX_SLOTS
+
 DATASETS = ("mnist1d", "mnist", "cifar10")
 DATASET_PREFIXES = ("npz:", "parquet:")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -108,6 +110,9 @@ class RunConfig:
     secagg_threshold: int = _doc(0, "shares needed to recover a secret t; 0 = auto (> k/2)")
     secagg_min_cohort: int = _doc(3, "fewest clients a secure sum may cover (clients refuse less)")
     secagg_stage_timeout: float = _doc(120.0, "seconds to wait for each later SecAgg stage")
+    secagg_epoch_rounds: int = _doc(
+        5, "rounds one SecAgg+ key set-up covers (1-64; 1 = set up every round)"
+    )
     secagg_weight_bound: float = _doc(1e6, "largest client weight the encoding must hold")
     secagg_roster: str = _doc(
         "",
@@ -249,6 +254,10 @@ class RunConfig:
         _require(
             self.secagg_min_cohort >= 2,
             f"secagg_min_cohort must be >= 2, got {self.secagg_min_cohort}",
+        )
+        _require(
+            1 <= self.secagg_epoch_rounds <= MAX_SLOTS,
+            f"secagg_epoch_rounds must be in [1, {MAX_SLOTS}], got {self.secagg_epoch_rounds}",
         )
         _require(
             not self.secagg_roster.strip() or self.secagg_roster == self.secagg_roster.strip(),

@@ -121,6 +121,8 @@ class Aggregate:
     failed : node id → reason, for cohort members left out.
     bytes_up, bytes_down : payload bytes received from / sent to clients this round.
     client_metrics : node id → metrics the client chose to send (plain aggregation only).
+    seconds : wall time of the collection.
+    key_setup : whether this round set up SecAgg+ keys (a new key epoch) or reused them.
     """
 
     weighted_sum: np.ndarray
@@ -131,6 +133,7 @@ class Aggregate:
     bytes_down: int = 0
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    key_setup: bool = False
 
 
 class Aggregator(Protocol):

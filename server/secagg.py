@@ -226,6 +226,11 @@ class SecAggServer:
         return list(self._cohort)
 
     @property
+    def members(self) -> list[int]:
+        """Nodes that completed the set-up (U2): those asked for a masked input every round."""
+        return list(self._members)
+
+    @property
     def rounds_left(self) -> int:
         """Rounds this epoch can still run with :meth:`next_round` (0 after an abort)."""
         if self._aborted or self._result is None:

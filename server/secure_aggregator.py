@@ -1,10 +1,15 @@
 """Secure aggregation over the Flower Message API: one message type per SecAgg+ stage.
 
-Stage 1 rides on the round's `train` message (the client trains, encodes its contribution and
-advertises its signed keys); stages 2–5 are `train.secagg_share_keys`,
-`train.secagg_masked_input`, `train.secagg_consistency` and `train.secagg_unmask`. The
-protocol logic lives in `server.secagg.SecAggServer`; this module
-only moves payloads and turns the exact integer sum back into soft labels.
+Keys are set up once per key epoch of `secagg_epoch_rounds` rounds. A round that starts an epoch
+has five round trips: the `train` message carries the advertise request (the client trains,
+then advertises its signed keys), then `train.secagg_share_keys`, `train.secagg_masked_input`,
+`train.secagg_consistency` and `train.secagg_unmask`. A later round of the epoch has three: the
+`train` message carries the masked-input request (the client trains and replies with its masked
+contribution), then consistency and unmask. A new epoch starts when the last one is used up or
+aborted, or when the round's cohort is not exactly the nodes that completed the epoch's set-up
+(a new node, or one that missed the set-up), or its vector length or settings differ. The
+protocol logic lives in `server.secagg.SecAggServer`; this module only moves payloads and turns
+the exact integer sum back into soft labels.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from flwr.serverapp import Grid
 from common.config import RunConfig
 from common.logs import get_logger
 from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes, summed_length
-from common.secagg import STAGES, SecAggAbort
+from common.secagg import SecAggAbort, SecAggParams
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -46,6 +51,8 @@ class SecureAggregator:
         self.config = config
         self.policy = client_policy(config)
         self.stage_timeout = config.secagg_stage_timeout
+        self._epoch: SecAggServer | None = None  # the key epoch later rounds may reuse
+        self._epoch_shape: tuple[int, SecAggParams] | None = None  # its (L, settings)
 
     def collect(self, grid: Grid, plan: RoundPlan) -> Aggregate:
         start = time.perf_counter()
@@ -59,17 +66,19 @@ class SecureAggregator:
             raise RoundFailed(
                 f"round {plan.round}: secure aggregation impossible: {error}"
             ) from None
-        server = SecAggServer(plan.round, cohort, params, length, graph_seed=secrets.randbits(63))
+        server = self._server_for(plan.round, cohort, params, length)
+        first = server.stage  # the stage the train message carries
         failed: dict[int, str] = {}
         bytes_up = bytes_down = 0
+        self._epoch = None  # reused only if this round finishes
         try:
-            for stage in STAGES[:-1]:
+            while (stage := server.stage) != "done":
                 messages = [
-                    self._message(plan, stage, node_id, payload)
+                    self._message(plan, stage, node_id, payload, first)
                     for node_id, payload in server.requests().items()
                 ]
                 bytes_down += sum(payload_bytes(message.content) for message in messages)
-                timeout = plan.timeout if stage == STAGES[0] else self.stage_timeout
+                timeout = plan.timeout if stage == first else self.stage_timeout
                 payloads = {}
                 for reply in grid.send_and_receive(messages, timeout=timeout):
                     node_id = reply.metadata.src_node_id
@@ -94,6 +103,7 @@ class SecureAggregator:
         except SecAggAbort as error:
             raise RoundFailed(f"round {plan.round}: secure aggregation aborted: {error}") from None
         result = server.result()
+        self._epoch, self._epoch_shape = server, (length, params)
         for node_id in result.dropped:
             failed.setdefault(node_id, "dropped out (no reply before the timeout)")
         weighted_sum, total_weight = decode_aggregate(
@@ -109,13 +119,43 @@ class SecureAggregator:
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             seconds=time.perf_counter() - start,
+            key_setup=first == "advertise",
+        )
+
+    def _server_for(
+        self, round_: int, cohort: list[int], params: SecAggParams, length: int
+    ) -> SecAggServer:
+        """The current key epoch moved to this round, or a new epoch if it cannot serve it."""
+        epoch = self._epoch
+        if (
+            epoch is not None
+            and epoch.rounds_left > 0
+            and epoch.members == sorted(cohort)
+            and self._epoch_shape == (length, params)
+            and round_ > epoch.round
+        ):
+            epoch.next_round(round_)
+            return epoch
+        log.info(
+            "round %d: SecAgg+ key set-up for %d clients, covering up to %d rounds",
+            round_,
+            len(cohort),
+            self.config.secagg_epoch_rounds,
+        )
+        return SecAggServer(
+            round_,
+            cohort,
+            params,
+            length,
+            slots=self.config.secagg_epoch_rounds,
+            graph_seed=secrets.randbits(63),
         )
 
     @staticmethod
-    def _message(plan: RoundPlan, stage: str, node_id: int, payload: dict) -> Message:
+    def _message(plan: RoundPlan, stage: str, node_id: int, payload: dict, first: str) -> Message:
         config, arrays = payload_to_records(payload)
-        if stage == STAGES[0]:
-            message = plan.train_message(node_id, {"secagg": True})
+        if stage == first:
+            message = plan.train_message(node_id, {"secagg": True, "secagg_stage": stage})
             message.content[SECAGG_CONFIG] = config
             message.content[SECAGG_ARRAYS] = arrays
             return message

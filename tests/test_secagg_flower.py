@@ -5,8 +5,10 @@ Two families, one simulation (or one pair) each:
 - smoke: `feddistill`'s own ServerApp and ClientApp on the smoke config, with secagg on and off
   (same seed), through the private simulation SuperLink; the students must agree.
 - dropouts: in-process `run_simulation` with 5 bench clients whose fixed soft labels are known;
-  round by round a plain round, a clean secure round, one client raising in each SecAgg+ stage,
-  and too many raising for the round to finish.
+  round by round a plain round, a clean secure round that sets up a key epoch of 5 rounds, one
+  client raising in each stage of the epoch's later rounds (masked input in the `train` reply,
+  consistency, unmask) and in each set-up stage of the next epochs, and too many raising for
+  the round to finish.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.data import load_splits
+from common.protocol import ROUND_RECORD
 from common.secure_codec import decode_aggregate, encode_contribution, value_bound
 from server.aggregation import PlainAggregator
 from server.secure_aggregator import SecureAggregator
@@ -49,14 +52,20 @@ EXACT_COLUMNS = ("status", "clients", "rows_kept", "student_accuracy", "ensemble
 
 N_CLIENTS = 5  # k = 4 (all-to-all), t = 3, min_cohort = 3
 PLAIN_ROUND, SECURE_ROUND = 1, 2
+# Rounds 2-6 are one key epoch (R = 5): set-up in round 2, then steady rounds 3-6 with a drop in
+# each steady stage (round 6 clean: the round-3 dropout is back without re-keying). Round 7
+# sets up a new epoch and loses a node at advertise; that node is missing from the epoch, so
+# round 8 sets up again and loses one at share-keys; round 9 sets up again, with everyone.
 SINGLE_DROP_ROUND = {
-    "advertise": 3,
-    "share-keys": 4,
-    "masked-input": 5,
-    "consistency": 6,
-    "unmask": 7,
+    "masked-input": 3,
+    "consistency": 4,
+    "unmask": 5,
+    "advertise": 7,
+    "share-keys": 8,
 }
-TOO_MANY_ROUND = {"masked-input": 8, "unmask": 9}
+CLEAN_STEADY_ROUND, CLEAN_SETUP_ROUND = 6, 9
+KEY_SETUP_ROUNDS = (2, 7, 8, 9)  # and round 10: the epoch of round 9 lost too many nodes
+TOO_MANY_ROUND = {"masked-input": 10, "unmask": 11}
 TOO_MANY = (0, 2, 4)  # three of five clients
 TOO_MANY_REASON = {  # 2 masked inputs < min_cohort = 3; 2 holders release shares < t = 3
     "masked-input": "fewer than min_cohort=3",
@@ -125,7 +134,8 @@ class TestSmoke:
 def dropping_client_app(drops: Mapping[int, Mapping[int, str]], config: RunConfig) -> ClientApp:
     """The bench ClientApp, except that partition p raises in stage s of round r per ``drops``.
 
-    Stage 1 (advertise) is the ``train`` message; the round is the message's group id.
+    The ``train`` message carries advertise (set-up) or masked-input (a later round of a key
+    epoch); the round is the message's group id.
     """
 
     def check(msg: Message, context: Context, stage: str) -> None:
@@ -135,7 +145,7 @@ def dropping_client_app(drops: Mapping[int, Mapping[int, str]], config: RunConfi
             raise RuntimeError(f"injected dropout: partition {partition}, {stage}, round {round_}")
 
     def train(msg: Message, context: Context) -> Message:
-        check(msg, context, "advertise")
+        check(msg, context, str(msg.content[ROUND_RECORD].get("secagg_stage", "")))
         return bench.train_reply(msg, context, config)
 
     def later_stage(stage: str) -> Callable[[Message, Context], Message]:
@@ -223,6 +233,18 @@ def test_one_dropout_keeps_the_exact_survivor_sum(
     assert outcome.failure == ""
     assert outcome.contributors == tuple(survivors)
     np.testing.assert_array_equal(outcome.ensemble, exact_secure_ensemble(survivors))
+
+
+def test_keys_are_set_up_once_per_epoch_and_dropouts_return_without_re_keying(
+    outcomes: dict[int, bench.RoundOutcome],
+) -> None:
+    everyone = tuple(range(N_CLIENTS))
+    secure_rounds = [r for r in outcomes if r != PLAIN_ROUND and r not in TOO_MANY_ROUND.values()]
+
+    assert [r for r in secure_rounds if outcomes[r].key_setup] == list(KEY_SETUP_ROUNDS)
+    for round_ in (CLEAN_STEADY_ROUND, CLEAN_SETUP_ROUND):
+        assert outcomes[round_].contributors == everyone
+        np.testing.assert_array_equal(outcomes[round_].ensemble, exact_secure_ensemble(everyone))
 
 
 @pytest.mark.parametrize("stage", list(TOO_MANY_ROUND))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 
-from client.secagg_handlers import continue_secure_round, start_secure_round
+from client.secagg_handlers import STATE_PROTOCOL, continue_secure_round, start_secure_round
 from common.config import RunConfig
 from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, Contribution, summed_length
 from common.secagg import SecAggRefusal
@@ -35,9 +35,9 @@ N_NODES = 5
 NODE_IDS = [1000 + 17 * i for i in range(N_NODES)]  # partition i runs as node NODE_IDS[i]
 
 
-def contribution(partition: int) -> Contribution:
-    """A fixed report per partition: (ROWS, CLASSES) rows on the simplex, weight 1."""
-    probs = np.random.default_rng([5, partition]).dirichlet(np.ones(CLASSES), size=ROWS)
+def contribution(partition: int, round_: int = 1) -> Contribution:
+    """A fixed report per partition and round: (ROWS, CLASSES) rows on the simplex, weight 1."""
+    probs = np.random.default_rng([5, partition, round_]).dirichlet(np.ones(CLASSES), size=ROWS)
     return Contribution(probs=probs.astype(np.float32), weight=1.0)
 
 
@@ -72,33 +72,52 @@ class Nodes:
         content = RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays})
         return Message(content, metadata=metadata)
 
-    def answer(self, node: int, round_: int, stage: str, payload: dict) -> dict:
-        """One node answers one stage through the real handler; returns the reply payload."""
+    def answer(
+        self, node: int, round_: int, stage: str, payload: dict, train: bool = False
+    ) -> dict:
+        """One node answers one stage through the real handler (the `train` one for advertise,
+        or when ``train``); returns the reply payload."""
         msg = self.message(node, round_, stage, payload)
         context = self.contexts[node]
-        if stage == "advertise":
-            report = contribution(NODE_IDS.index(node))
-            reply = start_secure_round(msg, context, self.config, report)
+        if stage == "advertise" or train:
+            report = contribution(NODE_IDS.index(node), round_)
+            reply = start_secure_round(msg, context, self.config, report, stage)
         else:
             reply = continue_secure_round(msg, context, self.config, stage)
         return records_to_payload(reply.content[SECAGG_CONFIG], reply.content[SECAGG_ARRAYS])
 
-    def server(self, round_: int, cohort: list[int]) -> SecAggServer:
+    def server(self, round_: int, cohort: list[int], slots: int = 1) -> SecAggServer:
         noise_std = dp_noise_share_std(self.config, ROWS, len(cohort))
         bound = value_bound(self.config, noise_std)
         params = client_policy(self.config).validate(len(cohort), bound)
         length = summed_length(ROWS, CLASSES, per_row_weights=False)
-        return SecAggServer(round_, cohort, params, length, graph_seed=round_)
+        return SecAggServer(round_, cohort, params, length, slots=slots, graph_seed=round_)
 
-    def run(self, round_: int, cohort: list[int], until: str = "done") -> SecAggServer:
-        """Run the round's stages with every node answering, up to (not including) ``until``."""
-        server = self.server(round_, cohort)
+    def run(
+        self,
+        round_: int,
+        cohort: list[int],
+        until: str = "done",
+        *,
+        epoch: SecAggServer | None = None,
+        slots: int = 1,
+    ) -> SecAggServer:
+        """Run a round's stages up to (not including) ``until``: a new key epoch of ``slots``
+        rounds, or the next round of ``epoch``; a refusal counts as a dropout."""
+        if epoch is None:
+            server = self.server(round_, cohort, slots)
+        else:
+            server = epoch
+            server.next_round(round_)
+        first = server.stage
         while server.stage != until:
             stage = server.stage
-            replies = {
-                node: self.answer(node, round_, stage, request)
-                for node, request in server.requests().items()
-            }
+            replies = {}
+            for node, request in server.requests().items():
+                try:
+                    replies[node] = self.answer(node, round_, stage, request, stage == first)
+                except SecAggRefusal:
+                    continue  # an error reply: the server counts the node as dropped
             server.receive(replies)
         return server
 
@@ -202,3 +221,46 @@ def test_dp_noise_share_is_sized_from_the_cohort_not_a_server_number(tmp_path: P
 
     with pytest.raises(SecAggRefusal, match=f"fewer than the {N_NODES} this node's DP"):
         nodes.answer(node, 6, "consistency", {**request, "survivors": fewer})
+
+
+def test_an_epoch_through_the_handlers_sums_exactly_every_round(tmp_path: Path) -> None:
+    nodes = Nodes(tmp_path)
+    half_step = 2.0 ** -(client_policy(nodes.config).frac_bits + 1)
+    server = nodes.run(1, NODE_IDS, slots=3)
+    for round_ in (1, 2, 3):
+        if round_ > 1:
+            assert all(set(c.state) == {STATE_PROTOCOL} for c in nodes.contexts.values())
+            nodes.run(round_, NODE_IDS, epoch=server)
+        expected = np.mean(
+            [contribution(i, round_).probs.astype(np.float64) for i in range(N_NODES)], 0
+        )
+        np.testing.assert_allclose(decoded_mean(nodes, server), expected, rtol=0, atol=half_step)
+    assert server.rounds_left == 0
+    assert all(not context.state for context in nodes.contexts.values())  # epoch forgotten
+
+
+def test_a_node_restarted_mid_epoch_refuses_the_replay_and_drops_without_its_keys(
+    tmp_path: Path, caplog
+) -> None:
+    # A restart loses the node's key epoch but not its ledger: a replay of round 2 is refused,
+    # and so is round 3's masked-input request, which the server counts as a dropout; the
+    # others' sum stays exact and the next epoch takes the node back.
+    nodes = Nodes(tmp_path)
+    server = nodes.run(1, NODE_IDS, slots=3)
+    nodes.run(2, NODE_IDS, epoch=server)
+    restarted = NODE_IDS[2]
+    nodes.contexts[restarted] = nodes.fresh_context(restarted)
+    replay = nodes.server(2, [v for v in NODE_IDS if v != NODE_IDS[0]])
+
+    with pytest.raises(SecAggRefusal, match="already sent a masked input for round 2"):
+        nodes.answer(restarted, 2, "advertise", replay.requests()[restarted])
+    with caplog.at_level(logging.WARNING, logger="client.secagg_handlers"):
+        nodes.run(3, NODE_IDS, epoch=server)
+
+    assert "refusing masked-input request" in caplog.text and "no key epoch" in caplog.text
+    others = [v for v in NODE_IDS if v != restarted]
+    assert server.result().survivors == others
+    expected = np.mean([contribution(i, 3).probs.astype(np.float64) for i in (0, 1, 3, 4)], 0)
+    half_step = 2.0 ** -(client_policy(nodes.config).frac_bits + 1)
+    np.testing.assert_allclose(decoded_mean(nodes, server), expected, rtol=0, atol=half_step)
+    assert nodes.run(4, NODE_IDS, slots=3).result().survivors == NODE_IDS

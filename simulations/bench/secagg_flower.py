@@ -6,8 +6,12 @@ same nodes and the same payload: each client reports a fixed pseudo-random (2000
 probability matrix and weight 1, and does no training.
 
 - ``plain``: our `PlainAggregator` (soft labels in the clear, one `train` message).
-- ``ours``: our `SecureAggregator`; the clients answer with the real handlers of
-  `client/secagg_handlers.py`, so the whole protocol (keys, shares, masks, unmasking) runs.
+- ``ours``: our `SecureAggregator`, one for the whole run, so keys are set up once per key
+  epoch of `secagg_epoch_rounds` = R rounds (default 5); the clients answer with the real
+  handlers of `client/secagg_handlers.py`, so the whole protocol runs. Its rounds are reported
+  apart: ``ours`` = steady-state rounds (train + masked input, consistency, unmask: three round
+  trips), ``ours_setup`` = rounds that start an epoch (advertise, share-keys, masked input,
+  consistency, unmask: five), and ``ours_amortised`` = (setup + (R − 1)·steady) / R.
 - ``flower``: Flower 1.42's `SecAggPlusWorkflow` + `secaggplus_mod` on the legacy ``fit`` path
   (`DefaultWorkflow`, `FedAvg`, a `NumPyClient` whose ``fit`` returns the matrix with
   ``num_examples=1``). The global "model" sent down is a (2000, 10) array, as ``fit`` requires.
@@ -25,12 +29,13 @@ w·x would be 1000 times coarser (errors ~2e-3 instead of ~1e-6).
 A round is timed on the server from sending its first message to holding the aggregate: for
 plain and ours the aggregator's ``collect``, for Flower the fit workflow (its four stages and
 ``aggregate_fit``). The first round of each method pays first-use costs (imports and caches in
-the client actors) and is not counted; the table gives the median of the rest. Each result is
+the client actors) and is not counted; the table gives the median of the rest. With the default
+10 timed rounds and R = 5, ours sets up keys in rounds 1 (warm-up), 6 and 11. Each result is
 checked against the float64 mean of the clients' matrices (``max_abs_error``).
 
 Usage::
 
-    python -m simulations.bench.secagg_flower [--out DIR] [--sizes 10,50,100] [--rounds 3]
+    python -m simulations.bench.secagg_flower [--out DIR] [--sizes 10,50,100] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -78,12 +83,14 @@ PAYLOAD_SEED = 2024
 PUBLIC_HASH = "feddistill-bench-secagg"
 STAGE_TIMEOUT = 300.0  # seconds; generous, a stage only waits this long if a client hangs
 NODE_WAIT = 120.0  # seconds for the simulated nodes to register
-METHODS = ("plain", "ours", "flower")
+METHODS = ("plain", "ours", "flower")  # what each round runs
+REPORTED = ("plain", "ours", "ours_setup", "flower")  # table rows: ours split by key set-up
 LATER_STAGES = STAGES[1:-1]  # the SecAgg+ stages after advertise, each its own message type
 DEFAULT_SIZES = (10, 50, 100)
-DEFAULT_ROUNDS = 3  # timed rounds per method, after one warm-up round
+DEFAULT_ROUNDS = 10  # timed rounds per method, after one warm-up round
 DEFAULT_OUT = Path("runs/bench-secagg")
-TARGET_OURS_VS_PLAIN = 2.5  # ours ≤ 2.5× plain at the largest n (issue 12)
+TARGET_OURS_VS_PLAIN = 2.5  # ours (steady state) ≤ 2.5× plain at the largest n (issue 12)
+TARGET_AMORTISED_VS_PLAIN = 3.5  # set-up amortised over 5 rounds ≤ 3.5× plain (issue 12)
 TARGET_FLOWER_VS_OURS = 8.0  # ours ≥ 8× faster than Flower at equal settings (issue 12)
 CLIENT_WEIGHT = 1.0  # every client's ensemble weight (the uniform rule)
 CLIENT_CONFIG = RunConfig()  # defaults: uniform weights, auto k and t, label_bits, no DP
@@ -101,6 +108,7 @@ class RoundOutcome:
     contributors : partition ids whose matrices are in the sum (empty for Flower, which does not
         say, and for a failed round).
     failure : why the round failed, or "" if it did not.
+    key_setup : whether ours set up keys this round (a new key epoch).
     """
 
     round: int
@@ -108,6 +116,7 @@ class RoundOutcome:
     ensemble: np.ndarray | None
     contributors: tuple[int, ...] = ()
     failure: str = ""
+    key_setup: bool = False
 
 
 def fixed_probs(partition_id: int) -> np.ndarray:
@@ -166,13 +175,16 @@ def describe_reply(msg: Message, context: Context) -> Message:
 
 
 def train_reply(msg: Message, context: Context, config: RunConfig) -> Message:
-    """Answer our ``train``: the fixed contribution in the clear, or SecAgg+ stage 1 (advertise).
+    """Answer our ``train``: the fixed contribution in the clear, or the SecAgg+ stage the
+    message carries (advertise, or masked-input in a later round of a key epoch).
 
     ``config`` is the clients' run config (`bench_config`: CLIENT_CONFIG with a roster).
     """
     contribution = fixed_contribution(_partition_id(context))
-    if bool(msg.content[ROUND_RECORD].get("secagg", False)):
-        return start_secure_round(msg, context, config, contribution)
+    round_config = msg.content[ROUND_RECORD]
+    if bool(round_config.get("secagg", False)):
+        stage = str(round_config.get("secagg_stage", ""))
+        return start_secure_round(msg, context, config, contribution, stage)
     counts = fixed_counts(_partition_id(context))
     content = plain_reply_content(contribution, counts, CLIENT_CONFIG.label_bits, PUBLIC_HASH)
     return Message(content, reply_to=msg)
@@ -280,11 +292,14 @@ class AggregatorRounds:
         seconds = time.perf_counter() - start
         contributors = tuple(sorted(self.partition_of[node] for node in aggregate.contributors))
         ensemble = aggregate.weighted_sum / aggregate.total_weight  # (Q, K)
-        return RoundOutcome(round_number, seconds, ensemble, contributors)
+        return RoundOutcome(
+            round_number, seconds, ensemble, contributors, key_setup=aggregate.key_setup
+        )
 
 
 class _InterleavedRound:
-    """Stands in Flower's fit-workflow slot: each round runs plain, ours, then Flower's SecAgg+."""
+    """Stands in Flower's fit-workflow slot: each round runs plain, ours, then Flower's SecAgg+;
+    ours keeps one aggregator, so its key epochs span rounds as in a real run."""
 
     def __init__(
         self,
@@ -295,10 +310,11 @@ class _InterleavedRound:
         self.rounds = rounds
         self.flower = flower
         self.outcomes = outcomes
+        self.ours = SecureAggregator(CLIENT_CONFIG)
 
     def __call__(self, grid: Grid, context: LegacyContext) -> None:
         round_number = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
-        aggregators = {"plain": PlainAggregator(), "ours": SecureAggregator(CLIENT_CONFIG)}
+        aggregators = {"plain": PlainAggregator(), "ours": self.ours}
         for method, aggregator in aggregators.items():
             self.outcomes[method].append(self.rounds.collect(aggregator, round_number))
         self.outcomes["flower"].append(self._flower_round(grid, context, round_number))
@@ -394,19 +410,20 @@ def run_size(num_nodes: int, rounds: int) -> dict[str, list[RoundOutcome]]:
 def summarise(method: str, num_nodes: int, outcomes: list[RoundOutcome]) -> dict[str, object]:
     """One table row: median round time without the warm-up round, and the worst error.
 
+    A method with no timed round (``ours_setup`` when the run is shorter than one key epoch)
+    gets NaN times.
+
     Raises
     ------
     RuntimeError
-        If a round failed or a timed round is missing: a benchmark of failed rounds means nothing.
+        If a round failed: a benchmark of failed rounds means nothing.
     """
     failed = [outcome for outcome in outcomes if outcome.ensemble is None]
     if failed:
         raise RuntimeError(f"{method} at n={num_nodes}: round(s) failed: {failed[0].failure}")
-    timed = [outcome.seconds for outcome in outcomes if outcome.round > 1]
-    if not timed:
-        raise RuntimeError(f"{method} at n={num_nodes}: no timed rounds")
+    timed = [outcome.seconds for outcome in outcomes if outcome.round > 1] or [float("nan")]
     exact = expected_mean(range(num_nodes))
-    error = max(float(np.max(np.abs(outcome.ensemble - exact))) for outcome in outcomes)
+    error = max((float(np.max(np.abs(o.ensemble - exact))) for o in outcomes), default=0.0)
     params = secagg_params(num_nodes)
     return {
         "n": num_nodes,
@@ -415,7 +432,7 @@ def summarise(method: str, num_nodes: int, outcomes: list[RoundOutcome]) -> dict
         "t": params.threshold,
         "flower_num_shares": params.neighbours + 1,
         "flower_threshold": params.threshold,
-        "rounds_timed": len(timed),
+        "rounds_timed": int(np.sum(np.isfinite(timed))),
         "median_s": float(np.median(timed)),
         "min_s": float(np.min(timed)),
         "max_s": float(np.max(timed)),
@@ -423,29 +440,43 @@ def summarise(method: str, num_nodes: int, outcomes: list[RoundOutcome]) -> dict
     }
 
 
-def ratio_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per n: median seconds of each method and the ratios ours/plain and Flower/ours."""
-    wide = frame.pivot(index="n", columns="method", values="median_s")[list(METHODS)]
-    wide.columns = [f"{method}_s" for method in METHODS]
+def ratio_table(frame: pd.DataFrame, epoch_rounds: int) -> pd.DataFrame:
+    """Per n: median seconds of each method, ours amortised over a key epoch of R rounds
+    ((setup + (R − 1)·steady) / R), and the ratios to plain and Flower's to ours (steady)."""
+    wide = frame.pivot(index="n", columns="method", values="median_s")[list(REPORTED)]
+    wide.columns = [f"{method}_s" for method in REPORTED]
+    wide["ours_amortised_s"] = (
+        wide["ours_setup_s"] + (epoch_rounds - 1) * wide["ours_s"]
+    ) / epoch_rounds
     wide["ours/plain"] = wide["ours_s"] / wide["plain_s"]
+    wide["amortised/plain"] = wide["ours_amortised_s"] / wide["plain_s"]
+    wide["setup/plain"] = wide["ours_setup_s"] / wide["plain_s"]
     wide["flower/ours"] = wide["flower_s"] / wide["ours_s"]
+    wide["flower/plain"] = wide["flower_s"] / wide["plain_s"]
     return wide.reset_index()
 
 
-def target_lines(ratios: pd.DataFrame) -> list[str]:
-    """Whether the targets hold: ours ≤ 2.5× plain at the largest n, Flower ≥ 8× ours at every n."""
+def target_lines(ratios: pd.DataFrame, epoch_rounds: int) -> list[str]:
+    """Whether the targets hold: at the largest n ours (steady) ≤ 2.5× plain and amortised over
+    the epoch ≤ 3.5× plain; at every n Flower ≥ 8× ours. Flower/plain bounds the last one:
+    ours cannot beat plain, whose single round trip it contains."""
     largest = ratios.loc[ratios["n"].idxmax()]
-    slowdown = float(largest["ours/plain"])
+    n = int(largest["n"])
+    steady, amortised = float(largest["ours/plain"]), float(largest["amortised/plain"])
     lines = [
-        f"ours ≤ {TARGET_OURS_VS_PLAIN:g}× plain at n={int(largest['n'])}: "
-        f"{'met' if slowdown <= TARGET_OURS_VS_PLAIN else 'NOT met'} ({slowdown:.2f}×)"
+        f"ours (steady state) ≤ {TARGET_OURS_VS_PLAIN:g}× plain at n={n}: "
+        f"{'met' if steady <= TARGET_OURS_VS_PLAIN else 'NOT met'} ({steady:.2f}×)",
+        f"ours with set-up amortised over {epoch_rounds} rounds ≤ "
+        f"{TARGET_AMORTISED_VS_PLAIN:g}× plain at n={n}: "
+        f"{'met' if amortised <= TARGET_AMORTISED_VS_PLAIN else 'NOT met'} ({amortised:.2f}×)",
     ]
     for _, row in ratios.iterrows():
         speedup = float(row["flower/ours"])
         verdict = "met" if speedup >= TARGET_FLOWER_VS_OURS else "NOT met"
         lines.append(
             f"ours ≥ {TARGET_FLOWER_VS_OURS:g}× faster than Flower at n={int(row['n'])}: "
-            f"{verdict} ({speedup:.2f}×)"
+            f"{verdict} ({speedup:.2f}×; Flower is {float(row['flower/plain']):.2f}× plain, "
+            "the most any secure method can gain here)"
         )
     return lines
 
@@ -475,7 +506,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_dir: Path) -> None:
+def write_report(
+    frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_dir: Path, epoch_rounds: int
+) -> None:
     """Write ``secagg_bench.csv`` (one row per n and method) and ``secagg_bench.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "secagg_bench.csv", index=False)
@@ -485,7 +518,9 @@ def write_report(frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_
             "",
             f"Payload per client: ({ROWS}, {CLASSES}) float32 soft labels + weight 1. One "
             "simulation per n runs every round of the three methods back to back; round time "
-            "= median over the timed rounds (each method's first round is a warm-up).",
+            "= median over the timed rounds (each method's first round is a warm-up). Ours "
+            f"keeps its keys for {epoch_rounds} rounds: `ours` = steady-state rounds, "
+            "`ours_setup` = rounds that set up a new key epoch.",
             "",
             f"Machine: {machine_note()}. Whole benchmark: {seconds:.0f} s.",
             "",
@@ -493,7 +528,7 @@ def write_report(frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_
             "",
             markdown_table(ratios),
             "",
-            *(f"- {line}" for line in target_lines(ratios)),
+            *(f"- {line}" for line in target_lines(ratios, epoch_rounds)),
             "",
         ]
     )
@@ -522,13 +557,18 @@ def run_secagg_bench(sizes: list[int], rounds: int, out_dir: Path) -> pd.DataFra
     for num_nodes in sizes:
         print(f"secagg bench: n={num_nodes}, {rounds + 1} rounds of each method …", flush=True)
         outcomes = run_size(num_nodes, rounds + 1)
-        for method in METHODS:
+        ours = outcomes.pop("ours")
+        outcomes["ours"] = [outcome for outcome in ours if not outcome.key_setup]
+        outcomes["ours_setup"] = [outcome for outcome in ours if outcome.key_setup]
+        for method in REPORTED:
             rows.append(summarise(method, num_nodes, outcomes[method]))
-        medians = ", ".join(f"{row['method']} {row['median_s']:.3f}" for row in rows[-3:])
+        medians = ", ".join(f"{row['method']} {row['median_s']:.3f}" for row in rows[-4:])
         print(f"secagg bench:   median s per round: {medians}", flush=True)
     frame = pd.DataFrame(rows)
-    ratios = ratio_table(frame)
-    write_report(frame, ratios, time.perf_counter() - start, out_dir)
+    epoch_rounds = CLIENT_CONFIG.secagg_epoch_rounds
+    write_report(
+        frame, ratio_table(frame, epoch_rounds), time.perf_counter() - start, out_dir, epoch_rounds
+    )
     return frame
 
 
@@ -545,10 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every stage at INFO
     start = time.perf_counter()
     frame = run_secagg_bench(sizes, args.rounds, args.out)
-    ratios = ratio_table(frame)
+    epoch_rounds = CLIENT_CONFIG.secagg_epoch_rounds
+    ratios = ratio_table(frame, epoch_rounds)
     print(frame.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(ratios.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    for line in target_lines(ratios):
+    for line in target_lines(ratios, epoch_rounds):
         print(line)
     print(f"secagg bench: done in {time.perf_counter() - start:.0f} s; report in {args.out}")
     return 0
