@@ -123,6 +123,7 @@ class Aggregate:
     client_metrics : node id → metrics the client chose to send (plain aggregation only).
     seconds : wall time of the collection.
     key_setup : whether this round set up SecAgg+ keys (a new key epoch) or reused them.
+    stage_seconds : SecAgg+ stage → wall time of its round trip (empty for plain).
     """
 
     weighted_sum: np.ndarray
@@ -134,6 +135,7 @@ class Aggregate:
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     key_setup: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Aggregator(Protocol):

@@ -69,10 +69,12 @@ class SecureAggregator:
         server = self._server_for(plan.round, cohort, params, length)
         first = server.stage  # the stage the train message carries
         failed: dict[int, str] = {}
+        stage_seconds: dict[str, float] = {}
         bytes_up = bytes_down = 0
         self._epoch = None  # reused only if this round finishes
         try:
             while (stage := server.stage) != "done":
+                stage_start = time.perf_counter()
                 messages = [
                     self._message(plan, stage, node_id, payload, first)
                     for node_id, payload in server.requests().items()
@@ -100,6 +102,7 @@ class SecureAggregator:
                     except KeyError as error:
                         failed[node_id] = f"{stage}: malformed reply (missing {error})"
                 server.receive(payloads)
+                stage_seconds[stage] = time.perf_counter() - stage_start
         except SecAggAbort as error:
             raise RoundFailed(f"round {plan.round}: secure aggregation aborted: {error}") from None
         result = server.result()
@@ -120,6 +123,7 @@ class SecureAggregator:
             bytes_down=bytes_down,
             seconds=time.perf_counter() - start,
             key_setup=first == "advertise",
+            stage_seconds=stage_seconds,
         )
 
     def _server_for(

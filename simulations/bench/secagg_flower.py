@@ -47,7 +47,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -109,6 +109,8 @@ class RoundOutcome:
         say, and for a failed round).
     failure : why the round failed, or "" if it did not.
     key_setup : whether ours set up keys this round (a new key epoch).
+    stage_seconds : ours: SecAgg+ stage → seconds of its round trip (the first includes training,
+        here none).
     """
 
     round: int
@@ -117,6 +119,7 @@ class RoundOutcome:
     contributors: tuple[int, ...] = ()
     failure: str = ""
     key_setup: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def fixed_probs(partition_id: int) -> np.ndarray:
@@ -293,7 +296,12 @@ class AggregatorRounds:
         contributors = tuple(sorted(self.partition_of[node] for node in aggregate.contributors))
         ensemble = aggregate.weighted_sum / aggregate.total_weight  # (Q, K)
         return RoundOutcome(
-            round_number, seconds, ensemble, contributors, key_setup=aggregate.key_setup
+            round_number,
+            seconds,
+            ensemble,
+            contributors,
+            key_setup=aggregate.key_setup,
+            stage_seconds=aggregate.stage_seconds,
         )
 
 
@@ -506,12 +514,30 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def stage_table(num_nodes: int, method: str, outcomes: list[RoundOutcome]) -> dict[str, object]:
+    """One row: median seconds of each SecAgg+ stage's round trip over the timed rounds."""
+    timed = [outcome.stage_seconds for outcome in outcomes if outcome.round > 1]
+    stages = [stage for stage in STAGES[:-1] if any(stage in times for times in timed)]
+    return {
+        "n": num_nodes,
+        "method": method,
+        **{stage: float(np.median([times[stage] for times in timed])) for stage in stages},
+    }
+
+
 def write_report(
-    frame: pd.DataFrame, ratios: pd.DataFrame, seconds: float, out_dir: Path, epoch_rounds: int
+    frame: pd.DataFrame,
+    stages: pd.DataFrame,
+    seconds: float,
+    out_dir: Path,
+    epoch_rounds: int,
 ) -> None:
-    """Write ``secagg_bench.csv`` (one row per n and method) and ``secagg_bench.md``."""
+    """Write ``secagg_bench.csv`` (one row per n and method), ``secagg_stages.csv`` (ours,
+    per stage) and ``secagg_bench.md``."""
+    ratios = ratio_table(frame, epoch_rounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "secagg_bench.csv", index=False)
+    stages.to_csv(out_dir / "secagg_stages.csv", index=False)
     text = "\n".join(
         [
             "# Secure aggregation through Flower's simulation engine",
@@ -527,6 +553,11 @@ def write_report(
             markdown_table(frame),
             "",
             markdown_table(ratios),
+            "",
+            "Ours, median seconds per stage (a stage = the server sending its requests to "
+            "holding every reply; the first stage of a round is the `train` message):",
+            "",
+            markdown_table(stages.fillna("")),
             "",
             *(f"- {line}" for line in target_lines(ratios, epoch_rounds)),
             "",
@@ -553,7 +584,7 @@ def run_secagg_bench(sizes: list[int], rounds: int, out_dir: Path) -> pd.DataFra
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     start = time.perf_counter()
-    rows = []
+    rows, stage_rows = [], []
     for num_nodes in sizes:
         print(f"secagg bench: n={num_nodes}, {rounds + 1} rounds of each method …", flush=True)
         outcomes = run_size(num_nodes, rounds + 1)
@@ -562,13 +593,16 @@ def run_secagg_bench(sizes: list[int], rounds: int, out_dir: Path) -> pd.DataFra
         outcomes["ours_setup"] = [outcome for outcome in ours if outcome.key_setup]
         for method in REPORTED:
             rows.append(summarise(method, num_nodes, outcomes[method]))
+        for method in ("ours", "ours_setup"):
+            if any(outcome.round > 1 for outcome in outcomes[method]):
+                stage_rows.append(stage_table(num_nodes, method, outcomes[method]))
         medians = ", ".join(f"{row['method']} {row['median_s']:.3f}" for row in rows[-4:])
         print(f"secagg bench:   median s per round: {medians}", flush=True)
     frame = pd.DataFrame(rows)
     epoch_rounds = CLIENT_CONFIG.secagg_epoch_rounds
-    write_report(
-        frame, ratio_table(frame, epoch_rounds), time.perf_counter() - start, out_dir, epoch_rounds
-    )
+    stages = pd.DataFrame(stage_rows)
+    stages = stages[["n", "method", *(s for s in STAGES[:-1] if s in stages.columns)]]
+    write_report(frame, stages, time.perf_counter() - start, out_dir, epoch_rounds)
     return frame
 
 
