@@ -127,6 +127,17 @@ class _State:
 
 
 _STATE_TYPES = get_type_hints(_State)
+_KEPT_ACROSS_EPOCHS = (  # the node's own settings, and the last round it masked in
+    "node_id",
+    "policy",
+    "run",
+    "identity_sk",
+    "roster",
+    "expected_length",
+    "value_bound",
+    "min_contributors",
+    "masked_round",
+)
 
 
 def _int(request: Mapping[str, object], key: str) -> int:
@@ -387,13 +398,7 @@ class SecAggClient:
         s_pairs = [generate_keypair() for _ in range(slots)]
         seeds = [os.urandom(KEY_BYTES) for _ in range(slots)]
         self._state = state = _State(
-            **{
-                name: getattr(state, name)
-                for name in (
-                    "node_id", "policy", "run", "identity_sk", "roster", "expected_length",
-                    "value_bound", "min_contributors", "masked_round",
-                )
-            },
+            **{name: getattr(state, name) for name in _KEPT_ACROSS_EPOCHS},
             stage=_STAGE["share-keys"],
             epoch=round_,
             slots=slots,
@@ -405,7 +410,7 @@ class SecAggClient:
             c_sk=c_sk,
             s_sks=[s_sk for s_sk, _ in s_pairs],
             self_mask_seeds=seeds,
-        )  # fmt: skip
+        )
         s_pks = b"".join(s_pk for _, s_pk in s_pairs)
         identity, signature = b"", b""
         if self.authenticated:

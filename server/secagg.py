@@ -237,6 +237,20 @@ class SecAggServer:
             return 0
         return self._slots - self._slot - 1
 
+    def can_serve(
+        self, round: int, cohort: list[int], params: SecAggParams, vector_length: int
+    ) -> bool:
+        """Whether :meth:`next_round` may run ``round`` for this cohort, settings and length:
+        a round is left, the cohort is exactly the set-up's survivors (U2), nothing else
+        changed and the round number increases."""
+        return (
+            self.rounds_left > 0
+            and self._members == sorted(cohort)
+            and self._params == params
+            and self._length == vector_length
+            and round > self._round
+        )
+
     def next_round(self, round: int) -> None:
         """Start the epoch's next round (slot) at its masked-input stage.
 

@@ -52,7 +52,6 @@ class SecureAggregator:
         self.policy = client_policy(config)
         self.stage_timeout = config.secagg_stage_timeout
         self._epoch: SecAggServer | None = None  # the key epoch later rounds may reuse
-        self._epoch_shape: tuple[int, SecAggParams] | None = None  # its (L, settings)
 
     def collect(self, grid: Grid, plan: RoundPlan) -> Aggregate:
         start = time.perf_counter()
@@ -106,7 +105,7 @@ class SecureAggregator:
         except SecAggAbort as error:
             raise RoundFailed(f"round {plan.round}: secure aggregation aborted: {error}") from None
         result = server.result()
-        self._epoch, self._epoch_shape = server, (length, params)
+        self._epoch = server
         for node_id in result.dropped:
             failed.setdefault(node_id, "dropped out (no reply before the timeout)")
         weighted_sum, total_weight = decode_aggregate(
@@ -131,13 +130,7 @@ class SecureAggregator:
     ) -> SecAggServer:
         """The current key epoch moved to this round, or a new epoch if it cannot serve it."""
         epoch = self._epoch
-        if (
-            epoch is not None
-            and epoch.rounds_left > 0
-            and epoch.members == sorted(cohort)
-            and self._epoch_shape == (length, params)
-            and round_ > epoch.round
-        ):
+        if epoch is not None and epoch.can_serve(round_, cohort, params, length):
             epoch.next_round(round_)
             return epoch
         log.info(

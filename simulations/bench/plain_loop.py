@@ -38,7 +38,7 @@ from common.protocol import (
     summed_length,
 )
 from common.quantise import counts_to_probs, quantise_contribution, rounding_generator
-from common.secagg import STAGES
+from common.secagg import SecAggParams
 from common.secagg.identity import NodeIdentity
 from common.secure_codec import (
     client_policy,
@@ -91,6 +91,7 @@ def _rounds(
     method = get_method(config.method)
     public_digest = public_hash(splits.public_x)
     previous: tuple[np.ndarray, np.ndarray] | None = None
+    secure_sums = SecureSums(config)
     rows = []
     for round_number in range(1, config.rounds + 1):
         round_start = time.perf_counter()
@@ -110,7 +111,9 @@ def _rounds(
             else counts_to_probs(plan.digest_counts, config.label_bits),
         )
         torch.set_num_threads(config.client_threads)
-        contributions, wire = {}, WireBytes.of_train_messages(plan, config.secagg)
+        contributions = {}
+        wire = WireBytes() if config.secagg else WireBytes.of_train_messages(plan)
+        noise_std = dp_noise_share_std(config, len(query), len(cohort))
         for node in cohort:
             fresh = node.index not in teachers
             if fresh:
@@ -127,10 +130,9 @@ def _rounds(
                     contribution, counts, config.label_bits, public_digest, metrics
                 )
                 wire.up += payload_bytes(reply)
-            noise_std = dp_noise_share_std(config, len(query), len(cohort))
             contributions[node.node_id] = add_dp_noise_share(contribution, noise_std)
         weighted_sum, total_weight = (
-            secure_sum(config, contributions, splits.num_classes, round_number, len(query), wire)
+            secure_sums.sum(plan, contributions, noise_std, wire)
             if config.secagg
             else plain_sum(contributions, splits.num_classes, method.per_row_weights)
         )
@@ -176,9 +178,9 @@ class WireBytes:
     down: int = 0
 
     @classmethod
-    def of_train_messages(cls, plan: RoundPlan, secagg: bool) -> WireBytes:
-        """Start a round's count with its `train` messages (SecAgg+ adds its stage-1 request)."""
-        one = payload_bytes(plan.train_content({"secagg": secagg}))
+    def of_train_messages(cls, plan: RoundPlan) -> WireBytes:
+        """Start a plain round's count with its `train` messages."""
+        one = payload_bytes(plan.train_content({"secagg": False}))
         return cls(down=one * len(plan.cohort))
 
     def add_stage(self, requests: dict[int, dict], replies: dict[int, dict]) -> None:
@@ -201,55 +203,86 @@ def plain_sum(
     return split_weighted_vector(total, num_classes, per_row_weights)
 
 
-def secure_sum(
-    config: RunConfig,
-    contributions: dict[int, Contribution],
-    num_classes: int,
-    round_number: int,
-    n_query: int,
-    wire: WireBytes,
-) -> tuple[np.ndarray, float]:
-    """The same sum through every SecAgg+ stage, every party in this process with its own
-    Ed25519 identity on a shared roster (the authenticated protocol the apps run); each stage's
-    payload bytes are added to `wire`."""
-    per_row = get_method(config.method).per_row_weights
-    cohort = sorted(contributions)
-    policy = client_policy(config)
-    noise_std = dp_noise_share_std(config, n_query, len(cohort))
-    bound = value_bound(config, noise_std)
-    params = policy.validate(len(cohort), bound)
-    graph_seed = int(seeded_generator(config.seed, round_number, GRAPH_SEED_TAG).initial_seed())
-    server = SecAggServer(
-        round_number,
-        cohort,
-        params,
-        summed_length(n_query, num_classes, per_row),
-        graph_seed=graph_seed,
-    )
-    identities = {node: NodeIdentity.generate() for node in cohort}
-    roster = sorted(identity.public_key for identity in identities.values())
-    min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
-    length = summed_length(n_query, num_classes, per_row)
-    parties = {
-        node: SecAggClient(
-            node,
-            policy,
-            identity=identities[node],
-            roster=roster,
-            expected_length=length,
-            value_bound=bound,
-            min_contributors=min_contributors,
+class SecureSums:
+    """The same sums through the SecAgg+ protocol objects, every party in this process with its
+    own Ed25519 identity on a shared roster (the authenticated protocol the apps run). Key
+    epochs span rounds exactly as `SecureAggregator`'s do, and each message's payload bytes
+    (the `train` message with the stage it carries, then each later stage) go to a `WireBytes`.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.server: SecAggServer | None = None
+        self.parties: dict[int, SecAggClient] = {}
+
+    def sum(
+        self,
+        plan: RoundPlan,
+        contributions: dict[int, Contribution],
+        noise_std: float,
+        wire: WireBytes,
+    ) -> tuple[np.ndarray, np.ndarray | float]:
+        """Σ w_i·P_i (float64, (Q, K)) and Σ w_i (per-row: (Q,) totals) of the cohort's
+        contributions (DP noise shares already added, sized by ``noise_std``)."""
+        config = self.config
+        per_row = get_method(config.method).per_row_weights
+        cohort = sorted(contributions)
+        bound = value_bound(config, noise_std)
+        params = client_policy(config).validate(len(cohort), bound)
+        length = summed_length(len(plan.query_indices), plan.num_classes, per_row)
+        server = self.server
+        if server is not None and server.can_serve(plan.round, cohort, params, length):
+            server.next_round(plan.round)
+        else:
+            server = self._new_epoch(plan.round, cohort, params, length, bound, noise_std)
+        self.server = None  # reused only if this round finishes
+        train = payload_bytes(plan.train_content({"secagg": True, "secagg_stage": server.stage}))
+        wire.down += train * len(cohort)
+        while (stage := server.stage) != "done":
+            requests, replies = server.requests(), {}
+            for node, request in requests.items():
+                party = self.parties[node]
+                vector = None
+                if stage == "masked-input":
+                    vector = encode_contribution(contributions[node], party.round_params, bound)
+                replies[node] = party.respond(stage, request, vector)
+            wire.add_stage(requests, replies)
+            server.receive(replies)
+        self.server = server
+        return decode_aggregate(server.result().total, params, plan.num_classes, per_row)
+
+    def _new_epoch(
+        self,
+        round_number: int,
+        cohort: list[int],
+        params: SecAggParams,
+        length: int,
+        bound: float,
+        noise_std: float,
+    ) -> SecAggServer:
+        """A new key epoch's server, and fresh parties with fresh identities."""
+        config = self.config
+        graph_seed = int(seeded_generator(config.seed, round_number, GRAPH_SEED_TAG).initial_seed())
+        identities = {node: NodeIdentity.generate() for node in cohort}
+        roster = sorted(identity.public_key for identity in identities.values())
+        min_contributors = (config.dp_min_clients or len(cohort)) if noise_std > 0 else 0
+        self.parties = {
+            node: SecAggClient(
+                node,
+                client_policy(config),
+                identity=identities[node],
+                roster=roster,
+                expected_length=length,
+                value_bound=bound,
+                min_contributors=min_contributors,
+            )
+            for node in cohort
+        }
+        return SecAggServer(
+            round_number,
+            cohort,
+            params,
+            length,
+            slots=config.secagg_epoch_rounds,
+            graph_seed=graph_seed,
         )
-        for node in cohort
-    }
-    for stage in STAGES[:-1]:
-        requests, replies = server.requests(), {}
-        for node, request in requests.items():
-            party = parties[node]
-            vector = None
-            if stage == "masked-input":
-                vector = encode_contribution(contributions[node], party.round_params, bound)
-            replies[node] = party.respond(stage, request, vector)
-        wire.add_stage(requests, replies)
-        server.receive(replies)
-    return decode_aggregate(server.result().total, params, num_classes, per_row)

@@ -5,8 +5,9 @@ memory of the whole process tree (this process, SuperLink, simulation, Ray and i
 From `large_from` clients on, a round samples `large_fraction` of them. Tiny models and epochs
 keep the compute small, so the figures are about the system. Secure aggregation is reported
 twice: `aggregate_seconds` from the run (the whole collection: the train message with the
-clients' training, then three more SecAgg+ message stages), and the protocol's computation alone
-(all parties in one process, `plain_loop.secure_sum`) for the same cohort and payload.
+clients' training, then the later SecAgg+ message stages), and the protocol's computation alone
+for a round that sets up keys (all parties in one process, `plain_loop.SecureSums`) for the same
+cohort and payload.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import pandas as pd
 
 from common.config import RunConfig
 from common.data import load_splits
+from common.methods import get_method
 from common.protocol import Contribution
+from common.secure_codec import dp_noise_share_std
+from server.aggregation import RoundPlan
+from server.cohort import NodeInfo
 from simulations.bench import report
 from simulations.bench.memory import PeakMemory
-from simulations.bench.plain_loop import WireBytes, secure_sum
+from simulations.bench.plain_loop import SecureSums, WireBytes
 from simulations.bench.runs import flower_run
 from simulations.bench.suite import Bench, BenchSpec
 
@@ -39,16 +44,31 @@ def cohort_size(config: RunConfig) -> int:
 
 
 def secagg_compute_seconds(config: RunConfig, cohort: int, n_query: int, classes: int) -> float:
-    """Seconds for all four SecAgg+ stages of every party in one process (no messaging)."""
+    """Seconds for every SecAgg+ stage of a round that sets up keys, all parties in one process
+    (no messaging)."""
     rng = np.random.default_rng(config.seed)
+    nodes = [NodeInfo(node_id=node, index=node - 1, label="") for node in range(1, cohort + 1)]
     contributions = {
-        node: Contribution(
+        node.node_id: Contribution(
             probs=rng.dirichlet(np.ones(classes), size=n_query).astype(np.float32), weight=1.0
         )
-        for node in range(1, cohort + 1)
+        for node in nodes
     }
+    plan = RoundPlan(
+        round=1,
+        cohort=nodes,
+        query_indices=np.arange(n_query, dtype=np.int64),
+        n_public=n_query,
+        num_classes=classes,
+        label_bits=config.label_bits,
+        public_hash="",
+        min_clients=config.min_clients,
+        timeout=1.0,
+        per_row_weights=get_method(config.method).per_row_weights,
+    )
+    noise_std = dp_noise_share_std(config, n_query, cohort)
     start = time.perf_counter()
-    secure_sum(config, contributions, classes, 1, n_query, WireBytes())  # bytes not reported
+    SecureSums(config).sum(plan, contributions, noise_std, WireBytes())  # bytes not reported
     return time.perf_counter() - start
 
 
