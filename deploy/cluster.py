@@ -50,6 +50,7 @@ from simulations.processes import (
     owned_processes,
     start_process,
     wait_for_port,
+    wait_interruptibly,
     with_scripts_on_path,
 )
 
@@ -304,7 +305,7 @@ class LocalCluster:
         )
         copier.start()
         try:
-            returncode = process.wait(timeout=timeout)
+            returncode = wait_interruptibly(process, timeout)
         except subprocess.TimeoutExpired as error:
             raise TimeoutError(
                 f"the run did not finish within {timeout:.0f}s; see {self.logs_dir}"

@@ -31,6 +31,7 @@ from simulations.processes import (
     stop_process,
     wait_for_log_line,
     wait_for_port,
+    wait_interruptibly,
     with_scripts_on_path,
 )
 
@@ -185,7 +186,7 @@ def simulate(
             command, env=with_scripts_on_path(env), stdout=stream_to, stderr=subprocess.STDOUT
         )
         procs.append(run)
-        returncode = run.wait(timeout=timeout)
+        returncode = wait_interruptibly(run, timeout)
     (out_dir / PID_FILE).unlink(missing_ok=True)  # the SuperLink is stopped by now
     summary = out_dir / "summary.json"
     if returncode != 0 or not summary.exists():

@@ -97,6 +97,23 @@ def kill_tree(pid: int) -> None:
             os.kill(child, signal.SIGKILL)
 
 
+def wait_interruptibly(process: subprocess.Popen, timeout: float | None = None) -> int:
+    """`process.wait(timeout)` in short slices, so that Ctrl-C raises KeyboardInterrupt at once.
+
+    A blocking wait can miss SIGINT until the child exits: the kernel may deliver the signal to
+    another thread (log copiers, the app registry), which does not interrupt the main thread's
+    waitpid. Returns the exit code; raises subprocess.TimeoutExpired after ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        slice_ = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+        try:
+            return process.wait(timeout=slice_)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL it and any descendant left after `grace` s."""
     tree = descendants(process.pid)
