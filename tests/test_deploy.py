@@ -310,6 +310,10 @@ def test_unregistered_or_untrusting_supernodes_are_refused(tmp_path: Path) -> No
     assert _leftover_processes(workdir) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_run_stops_every_process(tmp_path: Path) -> None:
     config = _smoke_config(tmp_path)
     load_splits(config)
@@ -318,7 +322,14 @@ def test_ctrl_c_during_a_run_stops_every_process(tmp_path: Path) -> None:
     command += [f"--set=data_dir={config.data_dir}", "--out", config.out_dir]
     command += ["--workdir", str(workdir)]
     cli = subprocess.Popen(
-        command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=APP_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # As from a terminal: SIGINT at its default, whatever this worker inherited or was left
+        # with (an ignored SIGINT is inherited, and the CLI would then ignore Ctrl-C).
+        preexec_fn=_default_sigint,
     )
     under_way = False
     try:
