@@ -35,7 +35,7 @@ from common.protocol import (
     arrays_to_record,
     record_to_arrays,
 )
-from common.secagg import SecAggRefusal
+from common.secagg import NO_KEY_EPOCH, SecAggRefusal
 from common.secagg.identity import NodeIdentity, Roster, identity_file
 from common.secure_codec import (
     client_policy,
@@ -128,7 +128,7 @@ def start_secure_round(
         contribution_ledger(context, config, name).check(scope, round_, digest)
         if stage == "masked-input" and STATE_PROTOCOL not in context.state:
             raise SecAggRefusal(
-                "masked-input request but this node holds no key epoch (a restart loses it): "
+                f"masked-input request but this node {NO_KEY_EPOCH} (a restart loses it): "
                 "the server must set up a new one"
             )
     except SecAggRefusal as refusal:

@@ -6,8 +6,9 @@ then advertises its signed keys), then `train.secagg_share_keys`, `train.secagg_
 `train.secagg_consistency` and `train.secagg_unmask`. A later round of the epoch has three: the
 `train` message carries the masked-input request (the client trains and replies with its masked
 contribution), then consistency and unmask. A new epoch starts when the last one is used up or
-aborted, or when the round's cohort is not exactly the nodes that completed the epoch's set-up
-(a new node, or one that missed the set-up), or its vector length or settings differ. The
+aborted, when a node refused a round because it lost its keys (a restart), or when the round's
+cohort is not exactly the nodes that completed the epoch's set-up (a new node, or one that
+missed the set-up), or its vector length or settings differ. The
 protocol logic lives in `server.secagg.SecAggServer`; this module only moves payloads and turns
 the exact integer sum back into soft labels.
 """
@@ -24,7 +25,7 @@ from flwr.serverapp import Grid
 from common.config import RunConfig
 from common.logs import get_logger
 from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes, summed_length
-from common.secagg import SecAggAbort, SecAggParams
+from common.secagg import NO_KEY_EPOCH, SecAggAbort, SecAggParams
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -71,6 +72,7 @@ class SecureAggregator:
         stage_seconds: dict[str, float] = {}
         bytes_up = bytes_down = 0
         self._epoch = None  # reused only if this round finishes
+        rekey = False  # a node lost its keys: the next round sets up a new epoch
         try:
             while (stage := server.stage) != "done":
                 stage_start = time.perf_counter()
@@ -85,6 +87,8 @@ class SecureAggregator:
                     node_id = reply.metadata.src_node_id
                     if reply.has_error():
                         failed[node_id] = f"{stage}: client error: {reply.error.reason}"
+                        if NO_KEY_EPOCH in reply.error.reason:
+                            rekey = True
                         log.warning(
                             "round %d: %s (node %d) %s",
                             plan.round,
@@ -105,7 +109,7 @@ class SecureAggregator:
         except SecAggAbort as error:
             raise RoundFailed(f"round {plan.round}: secure aggregation aborted: {error}") from None
         result = server.result()
-        self._epoch = server
+        self._epoch = None if rekey else server
         for node_id in result.dropped:
             failed.setdefault(node_id, "dropped out (no reply before the timeout)")
         weighted_sum, total_weight = decode_aggregate(

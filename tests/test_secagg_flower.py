@@ -56,6 +56,9 @@ PLAIN_ROUND, SECURE_ROUND = 1, 2
 # each steady stage (round 6 clean: the round-3 dropout is back without re-keying). Round 7
 # sets up a new epoch and loses a node at advertise; that node is missing from the epoch, so
 # round 8 sets up again and loses one at share-keys; round 9 sets up again, with everyone.
+# Rounds 10 and 11 lose too many (round 11 sets up after round 10's abort). Round 12 sets up
+# after round 11's abort; in round 13 a node restarts (its keys are gone) and refuses, so
+# round 14 sets up a new epoch and has everyone again.
 SINGLE_DROP_ROUND = {
     "masked-input": 3,
     "consistency": 4,
@@ -64,8 +67,9 @@ SINGLE_DROP_ROUND = {
     "share-keys": 8,
 }
 CLEAN_STEADY_ROUND, CLEAN_SETUP_ROUND = 6, 9
-KEY_SETUP_ROUNDS = (2, 7, 8, 9)  # and round 10: the epoch of round 9 lost too many nodes
+KEY_SETUP_ROUNDS = (2, 7, 8, 9, 12, 14)  # and round 11, which fails
 TOO_MANY_ROUND = {"masked-input": 10, "unmask": 11}
+RESTART_ROUND, RESTARTED, REKEYED_ROUND = 13, 3, 14
 TOO_MANY = (0, 2, 4)  # three of five clients
 TOO_MANY_REASON = {  # 2 masked inputs < min_cohort = 3; 2 holders release shares < t = 3
     "masked-input": "fewer than min_cohort=3",
@@ -74,8 +78,9 @@ TOO_MANY_REASON = {  # 2 masked inputs < min_cohort = 3; 2 holders release share
 DROPS: dict[int, dict[int, str]] = {  # round -> partition -> stage it raises in
     **{round_: {round_ % N_CLIENTS: stage} for stage, round_ in SINGLE_DROP_ROUND.items()},
     **{round_: dict.fromkeys(TOO_MANY, stage) for stage, round_ in TOO_MANY_ROUND.items()},
+    RESTART_ROUND: {RESTARTED: "restart"},  # loses its node state before the train message
 }
-ROUNDS = max(DROPS)
+ROUNDS = REKEYED_ROUND
 
 
 # --- smoke: the real apps, secagg on and off ----------------------------------------------------
@@ -131,20 +136,27 @@ class TestSmoke:
 # --- dropouts: bench clients with known payloads, failures injected per stage -------------------
 
 
-def dropping_client_app(drops: Mapping[int, Mapping[int, str]], config: RunConfig) -> ClientApp:
-    """The bench ClientApp, except that partition p raises in stage s of round r per ``drops``.
+def _partition(context: Context) -> int:
+    return int(context.node_config["partition-id"])
 
-    The ``train`` message carries advertise (set-up) or masked-input (a later round of a key
-    epoch); the round is the message's group id.
+
+def dropping_client_app(drops: Mapping[int, Mapping[int, str]], config: RunConfig) -> ClientApp:
+    """The bench ClientApp, except that partition p raises in stage s of round r per ``drops``
+    (stage "restart": it loses its node state before round r's train message).
+
+        The ``train`` message carries advertise (set-up) or masked-input (a later round of a key
+        epoch); the round is the message's group id.
     """
 
     def check(msg: Message, context: Context, stage: str) -> None:
         round_ = int(msg.metadata.group_id)
-        partition = int(context.node_config["partition-id"])
+        partition = _partition(context)
         if drops.get(round_, {}).get(partition) == stage:
             raise RuntimeError(f"injected dropout: partition {partition}, {stage}, round {round_}")
 
     def train(msg: Message, context: Context) -> Message:
+        if drops.get(int(msg.metadata.group_id), {}).get(_partition(context)) == "restart":
+            context.state.clear()  # a restarted node: its key epoch is gone, its ledger is not
         check(msg, context, str(msg.content[ROUND_RECORD].get("secagg_stage", "")))
         return bench.train_reply(msg, context, config)
 
@@ -257,3 +269,17 @@ def test_too_many_dropouts_fail_the_round(
     assert outcome.contributors == ()
     assert "secure aggregation aborted" in outcome.failure
     assert TOO_MANY_REASON[stage] in outcome.failure
+
+
+def test_a_node_that_lost_its_keys_is_dropped_and_the_next_round_re_keys(
+    outcomes: dict[int, bench.RoundOutcome],
+) -> None:
+    others = [p for p in range(N_CLIENTS) if p != RESTARTED]
+    everyone = tuple(range(N_CLIENTS))
+
+    assert not outcomes[RESTART_ROUND].key_setup
+    assert outcomes[RESTART_ROUND].contributors == tuple(others)
+    np.testing.assert_array_equal(outcomes[RESTART_ROUND].ensemble, exact_secure_ensemble(others))
+    assert outcomes[REKEYED_ROUND].key_setup
+    assert outcomes[REKEYED_ROUND].contributors == everyone
+    np.testing.assert_array_equal(outcomes[REKEYED_ROUND].ensemble, exact_secure_ensemble(everyone))

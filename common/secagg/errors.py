@@ -1,5 +1,9 @@
 """Exceptions raised by the secure-aggregation protocol."""
 
+NO_KEY_EPOCH = "holds no key epoch"
+"""Part of the refusal a node sends when asked for a steady-round masked input without keys
+(it restarted); the server then sets up a new key epoch in the next round."""
+
 
 class SecAggRefusal(Exception):
     """A client refuses a server request that breaks the protocol or the client's policy.
