@@ -221,16 +221,6 @@ class SecAggServer:
         return self._round
 
     @property
-    def cohort(self) -> list[int]:
-        """The epoch's cohort (sorted node ids)."""
-        return list(self._cohort)
-
-    @property
-    def members(self) -> list[int]:
-        """Nodes that completed the set-up (U2): those asked for a masked input every round."""
-        return list(self._members)
-
-    @property
     def rounds_left(self) -> int:
         """Rounds this epoch can still run with :meth:`next_round` (0 after an abort)."""
         if self._aborted or self._result is None:
