@@ -82,6 +82,8 @@ def test_from_mapping_coerces_cli_strings_to_field_types():
         ({"rounds": "1.5"}, ["rounds must be an integer, got '1.5'"]),
         ({"rounds": True}, ["rounds must be an integer, got True"]),
         ({"rounds": 0}, ["rounds must be >= 1, got 0"]),
+        ({"secagg_epoch_rounds": 0}, ["secagg_epoch_rounds must be in [1, 64], got 0"]),
+        ({"secagg_epoch_rounds": 65}, ["secagg_epoch_rounds must be in [1, 64], got 65"]),
         ({"local_lr": "fast"}, ["local_lr must be a number, got 'fast'"]),
         ({"allow_public_labels": "yes"}, ["allow_public_labels must be true or false, got 'yes'"]),
         ({"partitioner": "shards"}, ["partitioner must be one of", "'dirichlet'", "'shards'"]),

@@ -17,13 +17,13 @@ from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes
 from common.secagg import STAGES, SecAggAbort, SecAggParams, SecAggRefusal
 from common.secagg.crypto import generate_keypair, mask_keys, public_key
 from common.secagg.encoding import decode_sum, encode
-from common.secagg.graph import neighbour_graph
+from common.secagg.graph import neighbour_graph, share_points
 from common.secagg.identity import NodeIdentity, keys_statement, survivors_statement
 from common.secagg.packing import packed_size, unpack_words
 from common.secagg.prg import expand
-from common.secagg.shamir import share_from_bytes
+from common.secagg.shamir import combine, share_from_bytes
 from common.secure_codec import payload_to_records
-from server.secagg import SecAggResult, SecAggServer, _Unmasked
+from server.secagg import SecAggResult, SecAggServer
 
 RUN = 9001
 ROUND = 11
@@ -803,25 +803,15 @@ def test_a_dropped_nodes_revealed_secret_opens_none_of_its_other_rounds() -> Non
     deployment.finish({"masked-input": [victim]})
     deployment.next_round(ROUND + 1)
     deployment.finish()
-    server = deployment.server
     modulus_bits = deployment.params.modulus_bits
-    released = {
-        holder: server_unmasked(reply)
-        for holder, reply in deployment.replies[ROUND, "unmask"].items()
-    }
-    server._slot = 0  # rebuild as the server did in round 1
-    s_sk_0 = server._reconstruct(victim, released, "s_sk")
-    released = {
-        holder: server_unmasked(reply)
-        for holder, reply in deployment.replies[ROUND + 1, "unmask"].items()
-    }
-    server._slot = 1
-    b_1 = server._reconstruct(victim, released, "b")
+    s_sk_0 = rebuild(deployment, ROUND, victim, "sk")  # as the server did in round 1
+    b_1 = rebuild(deployment, ROUND + 1, victim, "b")  # and in round 2
     y = unpack_words(
         deployment.replies[ROUND + 1, "masked-input"][victim]["masked"], LENGTH, modulus_bits
     )
-    peers = [v for v in deployment.graph[victim]]
-    s_pks_0 = [server._adverts[v].s_pks[:32] for v in peers]
+    adverts = deployment.replies[ROUND, "advertise"]
+    peers = list(deployment.graph[victim])
+    s_pks_0 = [adverts[v]["s_pks"][:32] for v in peers]
     guess = y - expand(b_1, LENGTH, modulus_bits)
     for peer, key in zip(peers, mask_keys(s_sk_0, s_pks_0, ROUND, victim, peers), strict=True):
         pad = expand(key, LENGTH, modulus_bits)
@@ -829,7 +819,7 @@ def test_a_dropped_nodes_revealed_secret_opens_none_of_its_other_rounds() -> Non
     guess &= np.uint64(2**modulus_bits - 1)
 
     assert not np.array_equal(guess, deployment.vectors[victim])
-    assert public_key(s_sk_0) != server._adverts[victim].s_pks[32:]
+    assert public_key(s_sk_0) != adverts[victim]["s_pks"][32:]
 
 
 def test_no_node_releases_both_shares_of_one_secret_slot_across_rounds() -> None:
@@ -912,11 +902,15 @@ def deployment_advertise(deployment: Deployment, node: int) -> dict:
     }
 
 
-def server_unmasked(reply: dict):
-    """An unmask reply as the server's parsed form (field elements keyed by owner)."""
-    b_shares = zip(reply["b_ids"], reply["b_shares"], strict=True)
-    sk_shares = zip(reply["sk_ids"], reply["sk_shares"], strict=True)
-    return _Unmasked(
-        b_shares={owner: share_from_bytes(share) for owner, share in b_shares},
-        sk_shares={owner: share_from_bytes(share) for owner, share in sk_shares},
-    )
+def rebuild(deployment: Deployment, round_: int, owner: int, kind: str) -> bytes:
+    """``owner``'s secret of ``kind`` ("b" or "sk") from t of the shares released at the unmask
+    of ``round_``, as the server rebuilds it."""
+    points = share_points(deployment.cohort)
+    xs, ys = [], []
+    for holder, reply in deployment.replies[round_, "unmask"].items():
+        shares = dict(zip(reply[f"{kind}_ids"], reply[f"{kind}_shares"], strict=True))
+        if owner in shares:
+            xs.append(points[holder])
+            ys.append(share_from_bytes(shares[owner]))
+    t = deployment.params.threshold
+    return combine(xs[:t], ys[:t]).to_bytes(32, "big")
