@@ -122,7 +122,6 @@ class Aggregate:
     bytes_up, bytes_down : payload bytes received from / sent to clients this round.
     client_metrics : node id → metrics the client chose to send (plain aggregation only).
     seconds : wall time of the collection.
-    key_setup : whether this round set up SecAgg+ keys (a new key epoch) or reused them.
     stage_seconds : SecAgg+ stage → wall time of its round trip (empty for plain).
     """
 
@@ -134,8 +133,12 @@ class Aggregate:
     bytes_down: int = 0
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
-    key_setup: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key_setup(self) -> bool:
+        """Whether this round set up SecAgg+ keys (a new key epoch) rather than reusing them."""
+        return "advertise" in self.stage_seconds
 
 
 class Aggregator(Protocol):

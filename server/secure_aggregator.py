@@ -125,7 +125,6 @@ class SecureAggregator:
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             seconds=time.perf_counter() - start,
-            key_setup=first == "advertise",
             stage_seconds=stage_seconds,
         )
 

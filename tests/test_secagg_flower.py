@@ -26,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.data import load_splits
 from common.protocol import ROUND_RECORD
+from common.secagg import STAGES
 from common.secure_codec import decode_aggregate, encode_contribution, value_bound
 from server.aggregation import PlainAggregator
 from server.secure_aggregator import SecureAggregator
@@ -254,6 +255,10 @@ def test_keys_are_set_up_once_per_epoch_and_dropouts_return_without_re_keying(
     secure_rounds = [r for r in outcomes if r != PLAIN_ROUND and r not in TOO_MANY_ROUND.values()]
 
     assert [r for r in secure_rounds if outcomes[r].key_setup] == list(KEY_SETUP_ROUNDS)
+    for round_ in secure_rounds:  # set-up rounds run five stages, the others three
+        stages = list(outcomes[round_].stage_seconds)
+        expected = STAGES[:-1] if outcomes[round_].key_setup else STAGES[2:-1]
+        assert stages == list(expected), round_
     for round_ in (CLEAN_STEADY_ROUND, CLEAN_SETUP_ROUND):
         assert outcomes[round_].contributors == everyone
         np.testing.assert_array_equal(outcomes[round_].ensemble, exact_secure_ensemble(everyone))

@@ -108,7 +108,6 @@ class RoundOutcome:
     contributors : partition ids whose matrices are in the sum (empty for Flower, which does not
         say, and for a failed round).
     failure : why the round failed, or "" if it did not.
-    key_setup : whether ours set up keys this round (a new key epoch).
     stage_seconds : ours: SecAgg+ stage → seconds of its round trip (the first includes training,
         here none).
     """
@@ -118,8 +117,12 @@ class RoundOutcome:
     ensemble: np.ndarray | None
     contributors: tuple[int, ...] = ()
     failure: str = ""
-    key_setup: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key_setup(self) -> bool:
+        """Whether ours set up keys this round (a new key epoch)."""
+        return "advertise" in self.stage_seconds
 
 
 def fixed_probs(partition_id: int) -> np.ndarray:
@@ -300,7 +303,6 @@ class AggregatorRounds:
             seconds,
             ensemble,
             contributors,
-            key_setup=aggregate.key_setup,
             stage_seconds=aggregate.stage_seconds,
         )
 
