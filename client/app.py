@@ -7,13 +7,19 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data_source import load_private_data, node_run_config
+from client.data_source import (
+    PrivateData,
+    check_private_fits,
+    load_node_public,
+    load_private_data,
+    node_run_config,
+)
 from client.placement import record_placement
 from client.secagg_handlers import continue_secure_round, start_secure_round
 from client.teacher import RoundInput, new_teacher, run_local_round
 from client.teacher_store import TeacherStore
 from common.config import RunConfig
-from common.data import load_splits, public_hash
+from common.data import PublicData, public_hash
 from common.label_coding import decode_counts, decode_indices, encode_counts
 from common.logs import get_logger
 from common.protocol import (
@@ -41,21 +47,40 @@ def _run_config(context: Context) -> RunConfig:
     return node_run_config(context.run_config, context.node_config)
 
 
-def _check_public_hash(expected: str, ours: str) -> None:
+def _node_data(msg: Message, context: Context, config: RunConfig) -> tuple[PublicData, str]:
+    """This node's public set (its own copy, K as the server announced it) and its hash,
+    refusing a copy whose hash differs from the server's."""
+    round_config = msg.content[ROUND_RECORD]
+    public = load_node_public(config, context.node_config, int(round_config["num_classes"]))
+    ours = public_hash(public.x)
+    expected = str(round_config["public_hash"])
     if expected != ours:
+        server_side = (
+            f"public_dataset={config.public_dataset!r}"
+            if config.public_dataset
+            else f"carved from dataset={config.dataset!r}"
+        )
         raise PublicSetMismatch(
-            f"public-set hash mismatch: server sent {expected[:16]}…, this node has {ours[:16]}…; "
+            f"public-set hash mismatch: the server's public set ({server_side}) has hash "
+            f"{expected[:16]}…, this node's copy ({public.source}) has {ours[:16]}…; "
             "refusing to report soft labels on a different public set"
         )
+    return public, ours
+
+
+def _private_data(context: Context, config: RunConfig, public: PublicData) -> PrivateData:
+    private = load_private_data(config, context.node_config)
+    check_private_fits(private, public)
+    return private
 
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    """Tell the server which partition or data source this node serves (and check the hash)."""
+    """Tell the server which partition or data source this node serves (after checking the
+    public-set hash and that the private data fits the run)."""
     config = _run_config(context)
-    splits = load_splits(config)
-    _check_public_hash(str(msg.content[ROUND_RECORD]["public_hash"]), public_hash(splits.public_x))
-    private = load_private_data(config, context.node_config)
+    public, _ = _node_data(msg, context, config)
+    private = _private_data(context, config, public)
     reply = ConfigRecord({"label": private.label, "index": private.index})
     return Message(RecordDict({NODE_RECORD: reply}), reply_to=msg)
 
@@ -65,27 +90,25 @@ def train(msg: Message, context: Context) -> Message:
     """Refresh the teacher on private data, then report soft labels on the queried public set."""
     config = _run_config(context)
     torch.set_num_threads(config.client_threads)
-    splits = load_splits(config)
     round_config = msg.content[ROUND_RECORD]
-    public_digest = public_hash(splits.public_x)
-    _check_public_hash(str(round_config["public_hash"]), public_digest)
+    public, public_digest = _node_data(msg, context, config)
     secure = bool(round_config.get("secagg", False))
     if secure != config.secagg:  # the run config said one thing, this round says another
         raise ValueError(
             f"the round asks for secagg={secure} but the run is configured with "
             f"secagg={config.secagg}; refusing to change how this node's soft labels travel"
         )
-    private = load_private_data(config, context.node_config)
+    private = _private_data(context, config, public)
     device = resolve_device(config.device)
 
-    request = _round_input(msg, config, len(splits.public_x), splits.num_classes)
+    request = _round_input(msg, config, len(public.x), public.num_classes)
     store = TeacherStore.for_node(context, config, private.label)
-    teacher = new_teacher(config, splits, private.index)
+    teacher = new_teacher(config, public, private.index)
     saved = store.load(request.round)
     if saved is not None:
         teacher.load_state_dict(saved)
     contribution, metrics = run_local_round(
-        teacher, config, splits, private, request, device, fresh=saved is None
+        teacher, config, public, private, request, device, fresh=saved is None
     )
     store.save(request.round, teacher.cpu().state_dict())
     contribution, counts = quantise_contribution(

@@ -4,7 +4,11 @@ Node config keys (set per SuperNode with `--node-config`, or by the simulation e
 `partition-id` / `num-partitions` select a partition of the configured dataset (demos and
 simulation); `data-path` points to the node's own `.npz` (arrays `x`, `y`) or parquet folder;
 `data-dir` is the node's own cache for generated/downloaded data (overrides the run config's
-`data_dir`, which names a directory on the server's host).
+`data_dir`, which names a directory on the server's host); `public-path` points to the node's
+own copy of the public set (`.npz` with `x`, `y` optional, or a parquet folder), checked
+against the server's by hash. Without `public-path` the node loads the run config's
+`public_dataset` itself (a generator spec, or a file at the same path on this host), or, when
+that is empty, carves the public split out of `dataset` (demos and simulation).
 
 The run config comes from whoever submits the run, i.e. the server's side. Two node-config keys
 are the operator's own floor under it: `require-secagg=true` refuses any run (and any round)
@@ -21,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import load_flower_dataset, load_npz, load_splits, partition_of
+from common.data import PublicData, load_role, load_splits, partition_of
+from common.data_sources import load_flower_dataset, load_npz
 
 
 def node_run_config(
@@ -79,6 +84,7 @@ def load_private_data(config: RunConfig, node_config: Mapping[str, object]) -> P
     if "data-path" in node_config:
         path = Path(str(node_config["data-path"])).expanduser()
         x, y = _load_local(path)
+        assert y is not None  # private data requires labels
         index = int(node_config.get("partition-id", 0))  # type: ignore[arg-type]
         return PrivateData(x=x, y=y, label=f"{path.name}", index=index)
     if "partition-id" not in node_config:
@@ -99,9 +105,42 @@ def load_private_data(config: RunConfig, node_config: Mapping[str, object]) -> P
     )
 
 
-def _load_local(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_node_public(
+    config: RunConfig, node_config: Mapping[str, object], num_classes: int
+) -> PublicData:
+    """This node's own copy of the public set (see module docstring); `num_classes` is the
+    run's K as the server announced it."""
+    if "public-path" in node_config:
+        path = Path(str(node_config["public-path"])).expanduser()
+        x, y = _load_local(path, "public-path", labels_required=False)
+        return PublicData(x, y, num_classes, f"{path} (node config public-path)")
+    if config.public_dataset:
+        x, y, source = load_role(config, "public_dataset")
+        return PublicData(x, y, num_classes, f"{source} (run config public_dataset)")
+    return load_splits(config).public
+
+
+def check_private_fits(private: PrivateData, public: PublicData) -> None:
+    """Raise ValueError unless this node's private data fits the run: the public set's input
+    shape and labels within the run's K classes."""
+    if private.x.shape[1:] != public.x.shape[1:]:
+        raise ValueError(
+            f"this node's private data ({private.label}) has inputs of shape "
+            f"{tuple(private.x.shape[1:])} per sample, but the public set ({public.source}) has "
+            f"{public.input_shape}: every role must have the same input shape"
+        )
+    if int(private.y.max()) >= public.num_classes:
+        raise ValueError(
+            f"this node's private data ({private.label}) has label {int(private.y.max())}, but "
+            f"the run has K={public.num_classes} classes (0..{public.num_classes - 1})"
+        )
+
+
+def _load_local(
+    path: Path, key: str = "data-path", labels_required: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     if path.suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, labels_required, f"node config {key}")
     if path.is_dir():
-        return load_flower_dataset(str(path))
-    raise ValueError(f"data-path {str(path)!r} must be an .npz file or a parquet folder")
+        return load_flower_dataset(str(path), labels_required)
+    raise ValueError(f"{key} {str(path)!r} must be an .npz file or a parquet folder")

@@ -9,7 +9,7 @@ import torch
 
 from client.data_source import PrivateData
 from common.config import RunConfig
-from common.data import DatasetSplits
+from common.data import PublicData, ServerData
 from common.dp_sgd import DpSgdSettings, track_dp_steps, train_dp_sgd
 from common.methods import ClientView, get_method
 from common.models import build_model
@@ -40,14 +40,15 @@ def teacher_name(config: RunConfig, client_index: int) -> str:
     return names[client_index % len(names)]
 
 
-def new_teacher(config: RunConfig, splits: DatasetSplits, client_index: int) -> torch.nn.Module:
-    """A freshly initialised teacher, seeded by (seed, client index); under dp_mode=record it
-    carries its DP-SGD step count (`common.dp_sgd.track_dp_steps`)."""
+def new_teacher(
+    config: RunConfig, data: PublicData | ServerData, client_index: int
+) -> torch.nn.Module:
+    """A freshly initialised teacher for `data`'s input shape and K, seeded by (seed, client
+    index); under dp_mode=record it carries its DP-SGD step count
+    (`common.dp_sgd.track_dp_steps`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seeded_generator(config.seed, 7, client_index).initial_seed()))
-        model = build_model(
-            teacher_name(config, client_index), splits.input_shape, splits.num_classes
-        )
+        model = build_model(teacher_name(config, client_index), data.input_shape, data.num_classes)
     return track_dp_steps(model) if config.dp_mode == "record" else model
 
 
@@ -98,7 +99,7 @@ def train_on_private_dp(
 def run_local_round(
     teacher: torch.nn.Module,
     config: RunConfig,
-    splits: DatasetSplits,
+    public: PublicData,
     private: PrivateData,
     request: RoundInput,
     device: torch.device,
@@ -117,11 +118,12 @@ def run_local_round(
     temperature = method.temperature(config)
     generator = seeded_generator(config.seed, request.round, private.index)
     if fresh and method.warm_up is not None and config.allow_public_labels:
-        method.warm_up(teacher, splits.public_x, splits.public_y, config, generator, device)
+        public_y = public.labels("allow_public_labels=true (the method's public warm-up)")
+        method.warm_up(teacher, public.x, public_y, config, generator, device)
     if config.digest_epochs and request.digest_probs is not None:
         distill(
             teacher,
-            splits.public_x[request.digest_indices],
+            public.x[request.digest_indices],
             request.digest_probs,
             temperature=temperature,
             epochs=config.digest_epochs,
@@ -135,11 +137,11 @@ def run_local_round(
     else:
         train_loss = train_on_private(teacher, private, config, generator, device)
         metrics = {"train_loss": train_loss, "num_examples": float(len(private.y))}
-    query_x = splits.public_x[request.query_indices]
+    query_x = public.x[request.query_indices]
     probs = predict_probs(teacher, query_x, temperature, device)  # (Q, K)
     row_weights = None
     if method.row_weights is not None:
-        view = ClientView(teacher, private.x, splits.public_x, query_x, probs, generator, device)
+        view = ClientView(teacher, private.x, public.x, query_x, probs, generator, device)
         row_weights = method.row_weights(view, config)  # (Q,)
     weight = float(len(private.y)) if config.ensemble == "weighted" else 1.0
     if row_weights is not None:

@@ -48,10 +48,22 @@ class RunConfig:
     )
     # --- data ---
     dataset: str = _doc("mnist1d", "mnist1d | mnist | cifar10 | npz:PATH | parquet:DIR")
+    public_dataset: str = _doc(
+        "",
+        "public set (distillation inputs, labels optional): mnist1d[:n=..,seed=..,shift=..] | "
+        "npz:PATH | parquet:DIR | mnist | cifar10; empty = carved from dataset",
+    )
+    test_dataset: str = _doc(
+        "", "server-only test set, same forms as public_dataset; empty = carved from dataset"
+    )
     data_dir: str = _doc("", "cache for generated/downloaded data; empty = ~/.cache/feddistill")
     num_samples: int = _doc(20000, "MNIST-1D samples generated (private + public + test)")
-    public_fraction: float = _doc(0.2, "share of the non-test pool used as public inputs")
-    test_fraction: float = _doc(0.2, "share of the whole dataset held out for testing")
+    public_fraction: float = _doc(
+        0.2, "share of the non-test pool carved as public inputs (public_dataset empty)"
+    )
+    test_fraction: float = _doc(
+        0.2, "share of the whole dataset carved as the test set (test_dataset empty)"
+    )
     public_query_size: int = _doc(0, "public samples queried per round; 0 = the whole public set")
     query_selection: str = _doc(
         "random", "random | entropy | margin: how the server picks each round's public queries"
@@ -203,6 +215,12 @@ class RunConfig:
             self.public_shift == 0 or self.dataset == "mnist1d",
             f"public_shift={self.public_shift} needs dataset=mnist1d (it regenerates the public "
             f"inputs), got dataset={self.dataset!r}",
+        )
+        _require(
+            self.public_shift == 0 or not self.public_dataset,
+            f"public_shift={self.public_shift} redraws the carved public split, but "
+            f"public_dataset={self.public_dataset!r} is its own source; give the shift in its "
+            "spec instead (public_dataset=mnist1d:shift=...)",
         )
         _require(self.num_clients >= 2, f"num_clients must be >= 2, got {self.num_clients}")
         _require(
@@ -369,6 +387,16 @@ class RunConfig:
         )
 
     def _validate_dataset(self) -> None:
+        from common.data_sources import parse_source  # local: keeps config free of numpy
+
+        for role in ("public_dataset", "test_dataset"):
+            value = getattr(self, role)
+            _require(
+                value == value.strip(),
+                f"{role} must not have surrounding spaces, got {value!r}",
+            )
+            if value:  # a path is checked where the role is loaded: a node may not hold it
+                parse_source(value, role)
         name = self.dataset
         if name.startswith(DATASET_PREFIXES):
             path = Path(name.split(":", 1)[1]).expanduser()

@@ -1,7 +1,11 @@
-"""Datasets, the private/public/test split, partitions over clients, and the public-set hash.
+"""The three data roles put together: private pool, public set and test set, partitions over
+clients, and the public-set hash.
 
-The same deterministic split is computed by the server and by every client from the config, so
-nothing but the public-set hash has to be agreed on the wire. Inputs are float32 with one leading
+Each role has its own source (`common.data_sources`): `dataset` (private), `public_dataset`
+and `test_dataset`. A role left empty is carved from `dataset` by one seeded shuffle (test
+first, then public, the rest private), exactly as before the roles existed. The same
+deterministic split is computed by every party from the config, so nothing but the public-set
+hash (and the class count) has to be agreed on the wire. Inputs are float32 with one leading
 sample axis: (N, L) for MNIST-1D signals, (N, F) for flat features, (N, C, H, W) for images.
 """
 
@@ -10,9 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
-import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,42 +21,87 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.config import RunConfig
-from common.files import atomic_write_bytes
+from common.data_sources import ROLE_SEED_OFFSETS, load_source, mnist1d_pool
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
-log = logging.getLogger(__name__)
-
-HUB_NAMES = {"mnist": "ylecun/mnist", "cifar10": "uoft-cs/cifar10"}
-IMAGE_COLUMNS = ("image", "img")
-
 
 @dataclass(frozen=True)
-class DatasetSplits:
-    """The three disjoint pools of one dataset.
+class PublicData:
+    """The public set as one party holds it.
 
     Attributes
     ----------
-    private_x, private_y : (N_priv, ...) float32, (N_priv,) int64 — partitioned over clients.
-    public_x : (N_pub, ...) float32 — distillation inputs, known to every party.
-    public_y : (N_pub,) int64 — used only for simulation diagnostics and the ablation term.
-    test_x, test_y : (N_test, ...) float32, (N_test,) int64 — held out for evaluation.
-    num_classes : K.
+    x : (P, ...) float32 — the distillation inputs.
+    y : (P,) int64, or None for an unlabelled public set (simulation diagnostics only).
+    num_classes : K, from the private and test labels (a node learns it from the server).
+    source : the file or generator setting it came from, for messages.
     """
 
-    private_x: np.ndarray
-    private_y: np.ndarray
+    x: np.ndarray
+    y: np.ndarray | None
+    num_classes: int
+    source: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, without the batch axis."""
+        return tuple(self.x.shape[1:])
+
+    def labels(self, needed_by: str) -> np.ndarray:
+        """The public labels (P,); ValueError naming `needed_by` when the set has none."""
+        if self.y is None:
+            raise ValueError(
+                f"{needed_by} needs the public set's labels, but {self.source} has none "
+                "(an x-only public set); give a labelled public set or leave the option off"
+            )
+        return self.y
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What the server holds: the public set and the test set.
+
+    Attributes
+    ----------
+    public_x : (N_pub, ...) float32 — distillation inputs, known to every party.
+    public_y : (N_pub,) int64 or None — simulation diagnostics and the ablation term only.
+    test_x, test_y : (N_test, ...) float32, (N_test,) int64 — held out for evaluation.
+    num_classes : K.
+    public_source : where the public set came from (a file, a generator setting, or the
+        `dataset` it was carved from).
+    """
+
     public_x: np.ndarray
-    public_y: np.ndarray
+    public_y: np.ndarray | None
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    public_source: str
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, without the batch axis."""
         return tuple(self.public_x.shape[1:])
+
+    @property
+    def public(self) -> PublicData:
+        """The public set as a `PublicData`."""
+        return PublicData(self.public_x, self.public_y, self.num_classes, self.public_source)
+
+
+@dataclass(frozen=True)
+class DatasetSplits(ServerData):
+    """All three roles of a simulated federation: the server's data plus the private pool.
+
+    Attributes
+    ----------
+    private_x, private_y : (N_priv, ...) float32, (N_priv,) int64 — partitioned over clients.
+    """
+
+    private_x: np.ndarray
+    private_y: np.ndarray
 
 
 def cache_dir(config: RunConfig) -> Path:
@@ -66,9 +112,12 @@ def cache_dir(config: RunConfig) -> Path:
 
 
 def load_splits(config: RunConfig) -> DatasetSplits:
-    """Load (or generate) the dataset named by `config.dataset` and split it deterministically."""
-    return _load_splits_cached(
+    """Load (or generate) every role's source, carve the roles left empty out of `dataset`, and
+    check that they fit together (input shapes, classes, label options)."""
+    splits = _load_splits_cached(
         config.dataset,
+        config.public_dataset,
+        config.test_dataset,
         str(cache_dir(config)),
         config.num_samples,
         config.seed,
@@ -76,11 +125,60 @@ def load_splits(config: RunConfig) -> DatasetSplits:
         config.test_fraction,
         config.public_shift,
     )
+    check_label_options(config, splits.public)
+    return splits
+
+
+def load_server_data(config: RunConfig) -> ServerData:
+    """The server's roles only. With both `public_dataset` and `test_dataset` set the private
+    pool is never read (a deployment's server holds no client's data); otherwise the roles are
+    carved from `dataset` as in `load_splits`."""
+    if not (config.public_dataset and config.test_dataset):
+        return load_splits(config)
+    data_dir = str(cache_dir(config))
+    test_x, test_y, test_source = load_role(config, "test_dataset", data_dir)
+    assert test_y is not None  # the test role requires labels
+    num_classes = int(test_y.max()) + 1
+    _require_every_class(f"test_dataset ({test_source})", test_y, num_classes)
+    public_x, public_y, public_source = load_role(config, "public_dataset", data_dir)
+    _check_public(public_x, public_y, public_source, test_x.shape[1:], test_source, num_classes)
+    data = ServerData(public_x, public_y, test_x, test_y, num_classes, public_source)
+    check_label_options(config, data.public)
+    return data
+
+
+def check_label_options(config: RunConfig, public: PublicData) -> None:
+    """Raise ValueError when an option that reads public labels meets an unlabelled set."""
+    if config.allow_public_labels:
+        public.labels("allow_public_labels=true (fedmd's warm-up, the hard-label term)")
+
+
+def carved_sizes(config: RunConfig, pool_size: int) -> tuple[int, int]:
+    """(test, public) pool sizes carved from `pool_size` samples at the config's fractions."""
+    n_test = round(config.test_fraction * pool_size)
+    return n_test, round(config.public_fraction * (pool_size - n_test))
+
+
+def load_role(
+    config: RunConfig, role: str, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """One separately sourced role (x, y or None, source name); a generated one defaults to
+    the size it would be carved at and to a fresh generator seed."""
+    n_test, n_public = carved_sizes(config, config.num_samples)
+    return load_source(
+        getattr(config, role),
+        role,
+        data_dir or str(cache_dir(config)),
+        n_public if role == "public_dataset" else n_test,
+        config.seed + ROLE_SEED_OFFSETS[role],
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _load_splits_cached(
     dataset: str,
+    public_dataset: str,
+    test_dataset: str,
     data_dir: str,
     num_samples: int,
     seed: int,
@@ -90,47 +188,136 @@ def _load_splits_cached(
 ) -> DatasetSplits:
     # Each loader returns arrays that passed `check_samples`, or names the file and the problem.
     if dataset == "mnist1d":
-        source = str(_mnist1d_path(Path(data_dir), num_samples, seed))
-        x, y = _mnist1d(Path(data_dir), num_samples, seed)
-    elif dataset.startswith("npz:"):
-        source = str(Path(dataset[4:]).expanduser())
-        x, y = load_npz(Path(source))
-    elif dataset.startswith("parquet:"):
-        source = str(Path(dataset[8:]).expanduser())
-        x, y = load_flower_dataset(source)
+        x, y = mnist1d_pool(Path(data_dir), num_samples, seed)
+        source = f"{data_dir}/mnist1d-n{num_samples}-seed{seed}.npz"
     else:
-        source = HUB_NAMES[dataset]
-        x, y = load_flower_dataset(source)
+        x, y, source = load_source(dataset, "dataset", data_dir, num_samples, seed)
+    assert y is not None  # the private role requires labels
+    fractions = (public_fraction, test_fraction)
+    if not (public_dataset or test_dataset):
+        try:
+            splits = split_pools(x, y, seed, *fractions)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        splits = dataclasses.replace(splits, public_source=f"the public split of {source}")
+        if public_shift > 0:  # config validation allows it for mnist1d only
+            shifted = split_pools(
+                *mnist1d_pool(Path(data_dir), num_samples, seed, public_shift), seed, *fractions
+            )
+            splits = dataclasses.replace(
+                splits,
+                public_x=shifted.public_x,
+                public_y=shifted.public_y,
+                public_source=f"the public split of {source} at public_shift={public_shift:g}",
+            )
+        return splits
+    config = RunConfig.from_mapping(
+        {
+            "dataset": dataset,
+            "public_dataset": public_dataset,
+            "test_dataset": test_dataset,
+            "data_dir": data_dir,
+            "num_samples": num_samples,
+            "seed": seed,
+            "public_fraction": public_fraction,
+            "test_fraction": test_fraction,
+        }
+    )
+    return _join_roles(config, x, y, source, data_dir)
+
+
+def _join_roles(
+    config: RunConfig, x: np.ndarray, y: np.ndarray, source: str, data_dir: str
+) -> DatasetSplits:
+    """Carve the roles left empty out of (x, y), load the others, and check they fit."""
     try:
-        splits = split_pools(x, y, seed, public_fraction, test_fraction)
+        pools = cut_pools(
+            y,
+            config.seed,
+            0.0 if config.public_dataset else config.public_fraction,
+            0.0 if config.test_dataset else config.test_fraction,
+        )
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
-    if public_shift > 0:  # config validation allows it for mnist1d only
-        shifted = split_pools(
-            *_mnist1d(Path(data_dir), num_samples, seed, public_shift),
-            seed,
-            public_fraction,
-            test_fraction,
+    private = pools["private"]
+    if config.test_dataset:
+        test_x, test_y, test_source = load_role(config, "test_dataset", data_dir)
+        assert test_y is not None
+        _check_shape("test_dataset", test_source, test_x.shape[1:], x.shape[1:], source)
+    else:
+        test_x, test_y, test_source = (
+            x[pools["test"]],
+            y[pools["test"]],
+            f"the test split of {source}",
         )
-        splits = dataclasses.replace(splits, public_x=shifted.public_x, public_y=shifted.public_y)
-    return splits
+    num_classes = int(max(y[private].max(), test_y.max())) + 1
+    _require_every_class(f"private pool of dataset ({source})", y[private], num_classes)
+    _require_every_class(f"test set ({test_source})", test_y, num_classes)
+    if config.public_dataset:
+        public_x, public_y, public_source = load_role(config, "public_dataset", data_dir)
+        _check_public(public_x, public_y, public_source, x.shape[1:], source, num_classes)
+    else:
+        public_x, public_y = x[pools["public"]], y[pools["public"]]
+        public_source = f"the public split of {source}"
+        _require_every_class(public_source, public_y, num_classes, CARVED_HINT)
+    return DatasetSplits(
+        public_x=public_x,
+        public_y=public_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=num_classes,
+        public_source=public_source,
+        private_x=x[private],
+        private_y=y[private],
+    )
 
 
-def split_pools(
-    x: np.ndarray, y: np.ndarray, seed: int, public_fraction: float, test_fraction: float
-) -> DatasetSplits:
-    """Shuffle once with `seed`, then cut test, public and private pools (in that order)."""
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-    order = np.random.default_rng([seed, 0]).permutation(len(x))
-    n_test = round(test_fraction * len(x))
-    n_public = round(public_fraction * (len(x) - n_test))
-    if n_test == 0 or n_public == 0 or len(x) - n_test - n_public < 2:
+def _check_public(
+    public_x: np.ndarray,
+    public_y: np.ndarray | None,
+    public_source: str,
+    input_shape: tuple[int, ...],
+    other_source: str,
+    num_classes: int,
+) -> None:
+    """A separately sourced public set: same input shape as `other_source`, labels (if any)
+    within the K classes."""
+    _check_shape("public_dataset", public_source, public_x.shape[1:], input_shape, other_source)
+    if public_y is not None and public_y.max() >= num_classes:
         raise ValueError(
-            f"{len(x)} samples cannot be split into test ({n_test}), public ({n_public}) "
+            f"public_dataset ({public_source}) has label {int(public_y.max())}, but the private "
+            f"and test labels have K={num_classes} classes (0..{num_classes - 1}); fix the "
+            "labels or drop 'y' from the public set (labels are optional there)"
+        )
+
+
+def _check_shape(
+    role: str, source: str, shape: tuple[int, ...], expected: tuple[int, ...], other: str
+) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ValueError(
+            f"{role} ({source}) has inputs of shape {tuple(shape)} per sample, but {other} has "
+            f"{tuple(expected)}: every role must have the same input shape"
+        )
+
+
+def cut_pools(
+    y: np.ndarray, seed: int, public_fraction: float, test_fraction: float
+) -> dict[str, np.ndarray]:
+    """Index arrays 'test', 'public', 'private' into the N samples with labels `y`: one
+    shuffle with `seed`, then test, public and private cut in that order (a fraction of 0 cuts
+    an empty pool: that role has its own source). Labels must be 0..K-1 with no gap."""
+    order = np.random.default_rng([seed, 0]).permutation(len(y))
+    n_test = round(test_fraction * len(y))
+    n_public = round(public_fraction * (len(y) - n_test))
+    carved = [
+        n for n, fraction in ((n_test, test_fraction), (n_public, public_fraction)) if fraction
+    ]
+    if 0 in carved or len(y) - n_test - n_public < 2:
+        raise ValueError(
+            f"{len(y)} samples cannot be split into test ({n_test}), public ({n_public}) "
             "and private pools: every pool must be non-empty"
         )
-    test, public, private = np.split(order, [n_test, n_test + n_public])
     classes = np.unique(y)
     if not np.array_equal(classes, np.arange(len(classes))):
         missing = np.setdiff1d(np.arange(classes.max() + 1), classes)
@@ -138,57 +325,53 @@ def split_pools(
             f"labels must be 0..K-1, got classes {classes.tolist()[:20]}; every class needs a "
             f"sample, and classes {missing.tolist()[:20]} have none"
         )
-    for name, pool in (("public", public), ("test", test)):
-        _require_every_class(name, y[pool], len(classes))
+    test, public, private = np.split(order, [n_test, n_test + n_public])
+    return {"test": test, "public": public, "private": private}
+
+
+def split_pools(
+    x: np.ndarray, y: np.ndarray, seed: int, public_fraction: float, test_fraction: float
+) -> DatasetSplits:
+    """Shuffle once with `seed`, then cut test, public and private pools (in that order);
+    every class must reach the public and the test pool."""
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    pools = cut_pools(y, seed, public_fraction, test_fraction)
+    num_classes = int(y.max()) + 1
+    for name in ("public", "test"):
+        _require_every_class(f"the {name} split", y[pools[name]], num_classes, CARVED_HINT)
     return DatasetSplits(
-        private_x=x[private],
-        private_y=y[private],
-        public_x=x[public],
-        public_y=y[public],
-        test_x=x[test],
-        test_y=y[test],
-        num_classes=len(classes),
+        public_x=x[pools["public"]],
+        public_y=y[pools["public"]],
+        test_x=x[pools["test"]],
+        test_y=y[pools["test"]],
+        num_classes=num_classes,
+        public_source="",
+        private_x=x[pools["private"]],
+        private_y=y[pools["private"]],
     )
 
 
-def _require_every_class(pool: str, labels: np.ndarray, num_classes: int) -> None:
+CARVED_HINT = (
+    "every class needs at least one public and one test sample: add samples of those classes "
+    "or raise public_fraction / test_fraction"
+)
+ROLES_HINT = (
+    "every class needs at least one private and one test sample: add samples of those classes "
+    "or give a test_dataset that covers them"
+)
+
+
+def _require_every_class(
+    pool: str, labels: np.ndarray, num_classes: int, hint: str = ROLES_HINT
+) -> None:
     """Raise ValueError unless `labels` (one pool's) hold every class 0..K-1 at least once."""
     missing = np.setdiff1d(np.arange(num_classes), labels)
     if len(missing):
         raise ValueError(
-            f"the {pool} split ({len(labels)} samples) has no sample of class(es) "
-            f"{missing.tolist()[:20]} of K={num_classes}; every class needs at least one public "
-            "and one test sample: add samples of those classes or raise "
-            "public_fraction / test_fraction"
+            f"{pool} ({len(labels)} samples) has no sample of class(es) "
+            f"{missing.tolist()[:20]} of K={num_classes}; {hint}"
         )
-
-
-def check_samples(x: np.ndarray, y: np.ndarray, source: str) -> None:
-    """Raise ValueError naming `source`, the array and the first bad index unless x and y are a
-    usable dataset: x (N, ...) with N >= 1 and only finite values, y (N,) integer labels >= 0.
-
-    Whether every class 0..K-1 has a sample is a property of the whole dataset, checked by
-    `split_pools`; a node's own file may hold only some classes.
-    """
-    if x.ndim < 2 or x.shape[0] == 0 or 0 in x.shape[1:]:
-        raise ValueError(
-            f"{source}: x must be (N, ...) with N >= 1 samples and at least one feature axis, "
-            f"got shape {x.shape}"
-        )
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{source}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}")
-    not_finite = ~np.isfinite(x)
-    if not_finite.any():
-        first = np.unravel_index(np.argmax(not_finite), x.shape)
-        raise ValueError(
-            f"{source}: x{list(map(int, first))} is {x[first]}; every input must be finite "
-            f"({int(not_finite.sum())} value(s) are NaN or ±Inf)"
-        )
-    if (y < 0).any():
-        first = int(np.argmax(y < 0))
-        raise ValueError(f"{source}: y[{first}] is {y[first]}; labels must be integers 0..K-1")
 
 
 def public_hash(public_x: np.ndarray) -> str:
@@ -198,137 +381,6 @@ def public_hash(public_x: np.ndarray) -> str:
     digest.update(f"float32{contiguous.shape}".encode())
     digest.update(contiguous.tobytes())
     return digest.hexdigest()
-
-
-def _mnist1d_path(data_dir: Path, num_samples: int, seed: int, shift: float = 0.0) -> Path:
-    """The cache file of one generated MNIST-1D dataset."""
-    suffix = f"-shift{shift:g}" if shift > 0 else ""
-    return data_dir / f"mnist1d-n{num_samples}-seed{seed}{suffix}.npz"
-
-
-SHIFTED_ARGS = ("corr_noise_scale", "iid_noise_scale", "shear_scale")
-SHIFT_SEED_OFFSET = 7919  # shifted samples are new draws, not noisier copies of the originals
-
-
-def _mnist1d(
-    data_dir: Path, num_samples: int, seed: int, shift: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Generate MNIST-1D locally (no network), cache it as npz, and load the checked cache.
-
-    `shift` > 0 draws from another distribution: the generator's correlated and i.i.d. noise
-    scales and its shear scale are multiplied by (1 + shift) (the `public_shift` setting).
-    """
-    path = _mnist1d_path(data_dir, num_samples, seed, shift)
-    if not path.exists():
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        log.info("generating MNIST-1D (%d samples, shift %g) into %s", num_samples, shift, path)
-        args = get_dataset_args()
-        args.num_samples = num_samples
-        args.train_split = 1.0 - 1.0 / num_samples  # we do our own split; keep one in 'test'
-        args.seed = seed + SHIFT_SEED_OFFSET if shift > 0 else seed
-        for name in SHIFTED_ARGS:
-            setattr(args, name, getattr(args, name) * (1.0 + shift))
-        raw = make_dataset(args)
-        x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)
-        y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
-        buffer = io.BytesIO()
-        np.savez(buffer, x=x, y=y)
-        atomic_write_bytes(path, buffer.getvalue())  # concurrent generators cannot collide
-    return load_npz(path)
-
-
-def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Bring-your-own data: an .npz with arrays `x` (N, ...) and integer labels `y` (N,).
-
-    Returns x as float32 and y as int64 after `check_samples`; raises ValueError naming the
-    file for a missing, unreadable or malformed file.
-    """
-    if not path.exists():
-        raise ValueError(f"npz dataset {str(path)!r} does not exist")
-    x, y = read_npz_arrays(path)
-    check_samples(x, y, str(path))
-    return x, y.astype(np.int64)
-
-
-def read_npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays `x` (as float32) and `y` of an .npz archive, never unpickling anything.
-
-    Raises ValueError "not a valid .npz archive" naming the file when it is not a zip of .npy
-    arrays (or holds object arrays), and names the missing array when `x` or `y` is absent.
-    """
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(_not_npz(path, _reason(error))) from None
-    if not isinstance(arrays, np.lib.npyio.NpzFile):
-        raise ValueError(_not_npz(path, "it is a single .npy array"))
-    with arrays:
-        missing = {"x", "y"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
-        try:
-            x, y = arrays["x"], arrays["y"]
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-            raise ValueError(_not_npz(path, _reason(error))) from None
-    for name, array in (("x", x), ("y", y)):
-        if not isinstance(array, np.ndarray):
-            raise ValueError(_not_npz(path, f"member {name!r} is not an .npy array"))
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise ValueError(f"{path}: x must hold numbers, got dtype {x.dtype}")
-    with np.errstate(over="ignore"):  # values beyond float32 become ±inf, refused by name
-        return x.astype(np.float32), y
-
-
-def _not_npz(path: Path, why: str) -> str:
-    return f"{str(path)!r} is not a valid .npz archive ({why}); expected arrays x and y"
-
-
-def _reason(error: Exception) -> str:
-    """numpy's error in our words: its pickle hints would invite loading untrusted code."""
-    text = str(error)
-    if "Object arrays" in text:
-        return "an array holds Python objects; only plain numeric arrays are read"
-    if "pickled" in text:
-        return "neither a zip of .npy arrays nor an .npy file"
-    return f"{type(error).__name__}: {text}"
-
-
-def load_flower_dataset(name_or_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """Image datasets through Flower Datasets: a hub name (online) or a local parquet folder.
-
-    Train and test splits are pooled; our own seeded split re-cuts them.
-    """
-    from datasets import get_dataset_split_names
-    from flwr_datasets import FederatedDataset
-    from flwr_datasets.partitioner import IidPartitioner
-
-    fds = FederatedDataset(dataset=name_or_dir, partitioners={"train": IidPartitioner(1)})
-    xs, ys = [], []
-    for split in get_dataset_split_names(name_or_dir):  # FederatedDataset does not list splits
-        table = fds.load_split(split)
-        image_column = next((c for c in IMAGE_COLUMNS if c in table.column_names), None)
-        if image_column is None or "label" not in table.column_names:
-            raise ValueError(
-                f"{name_or_dir}: expected an image column {IMAGE_COLUMNS} and 'label', "
-                f"got columns {table.column_names}"
-            )
-        images = table.with_format("numpy")[:][image_column]
-        xs.append(_images_to_nchw(np.asarray(images)))
-        ys.append(np.asarray(table.with_format("numpy")[:]["label"], dtype=np.int64))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    check_samples(x, y, name_or_dir)
-    return x, y
-
-
-def _images_to_nchw(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) or (N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1]."""
-    images = images.astype(np.float32) / 255.0
-    if images.ndim == 3:
-        return images[:, None]
-    if images.ndim == 4:
-        return np.transpose(images, (0, 3, 1, 2)).copy()
-    raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
 
 
 def partition_indices(

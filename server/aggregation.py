@@ -90,6 +90,7 @@ class RoundPlan:
             {
                 "round": self.round,
                 "public_hash": self.public_hash,
+                "num_classes": self.num_classes,
                 "label_bits": self.label_bits,
                 **(extra or {}),
             }

@@ -13,7 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from common.data import DatasetSplits, load_splits, public_hash
+from common.data import ServerData, load_server_data, public_hash
 from common.dp import epsilon
 from common.dp_sgd import epsilon_after_rounds
 from common.feasibility import (
@@ -64,17 +64,20 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
     torch.set_num_threads(config.server_threads)  # the core count must not change the numerics
     results = RunDirectory(resolve_out_dir(config))
     results.write_config(config.to_dict())
-    splits = load_splits(config)
+    splits = load_server_data(config)
     check_query_size(config, len(splits.public_x))  # flwr run and deployments start here
     method = get_method(config.method)
     public_digest = public_hash(splits.public_x)
     device = resolve_device(config.device)
     student = Student(config, splits, device)
-    registry = NodeRegistry(public_digest, config.round_timeout)
+    registry = NodeRegistry(public_digest, splits.num_classes, config.round_timeout)
     log.info(
-        "feddistill: %d public samples (hash %s…), %d test samples, student %s on %s; results → %s",
+        "feddistill: %d public samples from %s (hash %s…, %s), %d test samples, student %s on %s; "
+        "results → %s",
         len(splits.public_x),
+        splits.public_source,
         public_digest[:12],
+        "labelled" if splits.public_y is not None else "unlabelled",
         len(splits.test_x),
         config.student_model,
         device,
@@ -120,14 +123,16 @@ def run_federated_distillation(grid: Grid, config: RunConfig, aggregator: Aggreg
         row["seconds"] = time.perf_counter() - round_start
         _save_round(results, student, row, previous)
         log.info(
-            "round %d/%d: student acc %.4f nll %.3f ece %.3f | ensemble(public) acc %.4f | "
+            "round %d/%d: student acc %.4f nll %.3f ece %.3f | ensemble(public) acc %s | "
             "%d clients (%d failed) | %s | %.1fs",
             round_number,
             config.rounds,
             row["student_accuracy"],
             row["student_nll"],
             row["student_ece"],
-            row["ensemble_public_accuracy"],
+            f"{row['ensemble_public_accuracy']:.4f}"
+            if "ensemble_public_accuracy" in row
+            else "n/a",
             row["clients"],
             row["clients_failed"],
             describe_aggregation(config, len(plan.cohort), len(plan.query_indices)),
@@ -181,7 +186,7 @@ def _resume(
 def _plan_round(
     grid: Grid,
     config: RunConfig,
-    splits: DatasetSplits,
+    splits: ServerData,
     student: Student,
     registry: NodeRegistry,
     public_digest: str,
@@ -195,7 +200,7 @@ def _plan_round(
 
 def plan_for_cohort(
     config: RunConfig,
-    splits: DatasetSplits,
+    splits: ServerData,
     student: Student,
     cohort: list[NodeInfo],
     public_digest: str,
@@ -227,7 +232,7 @@ def plan_for_cohort(
 def _student_view(
     config: RunConfig,
     student: Student,
-    splits: DatasetSplits,
+    splits: ServerData,
     previous: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray | None:
     """The student's (N, K) probabilities on the public set when informative query selection
@@ -248,14 +253,14 @@ def _row_counts(ensemble: Ensemble) -> dict[str, int]:
 
 def _distill_and_evaluate(
     student: Student,
-    splits: DatasetSplits,
+    splits: ServerData,
     query: np.ndarray,
     ensemble: np.ndarray,
     aggregate: Aggregate,
     plan: RoundPlan,
 ) -> dict[str, Any]:
     """Distil the kept rows (Q',) with their ensemble (Q', K); evaluate; the round's columns."""
-    public_y = splits.public_y[query]
+    public_y = None if splits.public_y is None else splits.public_y[query]
     labels = {node.node_id: node.label for node in plan.cohort}
     distill_start = time.perf_counter()
     loss = student.distill(plan.round, splits.public_x[query], ensemble, public_y)
@@ -264,9 +269,7 @@ def _distill_and_evaluate(
     return {
         "status": "ok",
         **student.evaluate(splits.test_x, splits.test_y),
-        # Diagnostics only a simulation can compute: the public set's labels stay on the server.
-        "ensemble_public_accuracy": accuracy(ensemble, public_y),
-        **ensemble_calibration(ensemble, public_y, student.config),
+        **ensemble_label_metrics(ensemble, public_y, student.config),
         "ensemble_entropy": entropy,
         "distill_loss": loss,
         "clients": len(aggregate.contributors),
@@ -278,6 +281,20 @@ def _distill_and_evaluate(
         "bytes_down": aggregate.bytes_down,
         "aggregate_seconds": aggregate.seconds,
         "distill_seconds": distill_seconds,
+    }
+
+
+def ensemble_label_metrics(
+    ensemble: np.ndarray, public_y: np.ndarray | None, config: RunConfig
+) -> dict[str, float]:
+    """Diagnostics only a labelled public set allows (the labels stay on the server): the
+    ensemble's accuracy and calibration on its rows (Q', K) against their labels (Q',). An
+    unlabelled public set has none: the columns are absent, never a made-up number."""
+    if public_y is None:
+        return {}
+    return {
+        "ensemble_public_accuracy": accuracy(ensemble, public_y),
+        **ensemble_calibration(ensemble, public_y, config),
     }
 
 
@@ -320,7 +337,7 @@ def _finish(
     wall_start: float,
     config: RunConfig,
     student: Student,
-    splits: DatasetSplits,
+    splits: ServerData,
     previous: tuple[np.ndarray, np.ndarray] | None,
 ) -> None:
     """Write summary.json (round counts, failures, final metrics), the accuracy plot and the
@@ -348,7 +365,7 @@ def _write_reliability(
     results: RunDirectory,
     config: RunConfig,
     student: Student,
-    splits: DatasetSplits,
+    splits: ServerData,
     previous: tuple[np.ndarray, np.ndarray] | None,
 ) -> None:
     """reliability.png: the final student on the test set (raw and temperature-scaled) and
@@ -361,7 +378,7 @@ def _write_reliability(
             splits.test_y,
         ),
     }
-    if previous is not None:
+    if previous is not None and splits.public_y is not None:
         temperature = get_method(config.method).temperature(config)
         public_y = splits.public_y[previous[0]]
         panels[f"ensemble (public), as distilled at T={temperature:g}"] = (previous[1], public_y)

@@ -28,8 +28,9 @@ class NodeRegistry:
     """Learns each connected node's data source once, so sampling and summation order depend
     on data sources, not on the random node ids the runtime assigns."""
 
-    def __init__(self, public_hash: str, timeout: float) -> None:
+    def __init__(self, public_hash: str, num_classes: int, timeout: float) -> None:
         self.public_hash = public_hash
+        self.num_classes = num_classes
         self.timeout = timeout
         self.nodes: dict[int, NodeInfo] = {}
 
@@ -40,7 +41,13 @@ class NodeRegistry:
         if unknown:
             messages = [
                 Message(
-                    RecordDict({ROUND_RECORD: ConfigRecord({"public_hash": self.public_hash})}),
+                    RecordDict(
+                        {
+                            ROUND_RECORD: ConfigRecord(
+                                {"public_hash": self.public_hash, "num_classes": self.num_classes}
+                            )
+                        }
+                    ),
                     dst_node_id=node_id,
                     message_type=MSG_DESCRIBE,
                 )

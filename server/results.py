@@ -138,20 +138,21 @@ class RunDirectory:
 
 
 def draw_accuracy(axes: Any, rows: list[dict[str, Any]], title: str) -> None:
-    """Student test accuracy and ensemble public accuracy of the completed rounds, with
-    integer round ticks and `title` above."""
+    """Student test accuracy and (with public labels) ensemble public accuracy of the completed
+    rounds, with integer round ticks and `title` above."""
     from matplotlib.ticker import MaxNLocator
 
     frame = pd.DataFrame(rows)
     done = frame[frame["status"] == "ok"]
     axes.plot(done["round"], done["student_accuracy"], marker="o", label="student (test)")
-    axes.plot(
-        done["round"],
-        done["ensemble_public_accuracy"],
-        marker="s",
-        ls="--",
-        label="ensemble teacher (public)",
-    )
+    if "ensemble_public_accuracy" in done:  # absent with an unlabelled public set
+        axes.plot(
+            done["round"],
+            done["ensemble_public_accuracy"],
+            marker="s",
+            ls="--",
+            label="ensemble teacher (public)",
+        )
     rounds = frame["round"]
     axes.set(xlabel="round", ylabel="accuracy", ylim=(0, 1))
     axes.set_xlim(rounds.min() - 0.5, rounds.max() + 0.5)  # a single round still gets its tick

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from common.config import RunConfig
-from common.data import load_npz, load_splits
+from common.data import load_splits
+from common.data_sources import load_npz
 from common.feasibility import check_feasible, describe_aggregation, describe_planned_aggregation
 from server.results import summarise_rounds
 from simulations import cli

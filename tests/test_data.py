@@ -12,14 +12,13 @@ from PIL import Image as PILImage
 from common import data
 from common.config import RunConfig
 from common.data import (
-    load_flower_dataset,
-    load_npz,
     load_splits,
     partition_indices,
     partition_of,
     public_hash,
     split_pools,
 )
+from common.data_sources import load_flower_dataset, load_npz
 
 NUM_CLASSES = 10
 # 1000 private labels, 100 per class, in shuffled order.

@@ -57,11 +57,15 @@ def test_teacher_rounds_report_epsilon_of_every_step_composed_across_rounds():
     device = torch.device("cpu")
     teacher = new_teacher(config, splits, 0)
 
-    _, first = run_local_round(teacher, config, splits, private, RoundInput(1, query), device)
+    _, first = run_local_round(
+        teacher, config, splits.public, private, RoundInput(1, query), device
+    )
     saved = teacher.state_dict()  # what the TeacherStore persists between rounds
     resumed = new_teacher(config, splits, 0)
     resumed.load_state_dict(saved)
-    _, second = run_local_round(resumed, config, splits, private, RoundInput(2, query), device)
+    _, second = run_local_round(
+        resumed, config, splits.public, private, RoundInput(2, query), device
+    )
 
     assert first["dp_sgd_steps"] == second["dp_sgd_steps"] == 10  # 1 epoch of ⌈1/0.1⌉ steps
     assert int(getattr(resumed, DP_STEPS_BUFFER)) == 20

@@ -142,7 +142,7 @@ def hard_label_student(
     train_supervised(
         model,
         splits.public_x,
-        splits.public_y,
+        splits.public.labels("the hard-label student"),
         epochs=config.distill_epochs * config.rounds,
         lr=config.distill_lr,
         batch_size=config.distill_batch_size,
@@ -252,7 +252,11 @@ def _pick_on_public_labels(
     for point in points:
         bench.step(f"  {name} grid point {point} (validation)")
         curve = fedavg_in_process(
-            config.replace(**point), splits, splits.public_x, splits.public_y, device
+            config.replace(**point),
+            splits,
+            splits.public_x,
+            splits.public.labels("tuning on public labels"),
+            device,
         )
         grid.append({**point, "val_accuracy": curve[-1]["student_accuracy"]})
     best = max(grid, key=lambda row: row["val_accuracy"])

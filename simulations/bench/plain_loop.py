@@ -28,7 +28,6 @@ from client.teacher import RoundInput, new_teacher, run_local_round
 from common.config import RunConfig
 from common.data import DatasetSplits, public_hash
 from common.methods import get_method
-from common.metrics import accuracy
 from common.protocol import (
     SECAGG_ARRAYS,
     SECAGG_CONFIG,
@@ -50,7 +49,7 @@ from common.secure_codec import (
 )
 from common.training import resolve_device, seeded_generator
 from server.aggregation import RoundPlan
-from server.app import ensemble_calibration, plan_for_cohort
+from server.app import ensemble_label_metrics, plan_for_cohort
 from server.cohort import NodeInfo, sample_cohort
 from server.secagg import SecAggServer
 from server.student import Student
@@ -119,7 +118,13 @@ def _rounds(
             if fresh:
                 teachers[node.index] = new_teacher(config, splits, node.index)
             contribution, metrics = run_local_round(
-                teachers[node.index], config, splits, clients[node.index], request, device, fresh
+                teachers[node.index],
+                config,
+                splits.public,
+                clients[node.index],
+                request,
+                device,
+                fresh,
             )
             rounding = rounding_generator(config.seed, round_number, node.index)
             contribution, counts = quantise_contribution(contribution, config.label_bits, rounding)
@@ -148,15 +153,15 @@ def _rounds(
         query, ensemble = query[combined.kept], combined.probs[combined.kept]  # (Q',), (Q', K)
         previous = (query, ensemble)
         distill_start = time.perf_counter()
-        student.distill(round_number, splits.public_x[query], ensemble, splits.public_y[query])
+        public_y = None if splits.public_y is None else splits.public_y[query]
+        student.distill(round_number, splits.public_x[query], ensemble, public_y)
         distill_seconds = time.perf_counter() - distill_start
         rows.append(
             {
                 "round": round_number,
                 "status": "ok",
                 **student.evaluate(splits.test_x, splits.test_y),
-                "ensemble_public_accuracy": accuracy(ensemble, splits.public_y[query]),
-                **ensemble_calibration(ensemble, splits.public_y[query], config),
+                **ensemble_label_metrics(ensemble, public_y, config),
                 "clients": len(cohort),
                 "rows_kept": int(combined.kept.sum()),
                 "bytes_up": wire.up,

@@ -226,7 +226,7 @@ def _compression(bench: Bench, world: World) -> tuple[nn.Module, list[dict[str, 
     train_hard(
         hard,
         splits.public_x,
-        splits.public_y,
+        splits.public.labels("the principles suite"),
         epochs=world.knobs["student_epochs"],
         lr=world.config.distill_lr,
         batch_size=world.config.distill_batch_size,

@@ -274,7 +274,7 @@ class AggregatorRounds:
     def __init__(self, grid: Grid, num_nodes: int) -> None:
         wait_for_nodes(grid, num_nodes)
         self.grid = grid
-        self.nodes = NodeRegistry(PUBLIC_HASH, STAGE_TIMEOUT).refresh(grid)
+        self.nodes = NodeRegistry(PUBLIC_HASH, CLASSES, STAGE_TIMEOUT).refresh(grid)
         self.partition_of = {node.node_id: node.index for node in self.nodes}
 
     def collect(self, aggregator: Aggregator, round_number: int) -> RoundOutcome:

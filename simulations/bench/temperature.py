@@ -54,7 +54,12 @@ def run(bench: Bench) -> None:
         for private in client_data(config, splits):
             teacher = new_teacher(config, splits, private.index)
             contribution, _ = run_local_round(
-                teacher, config, splits, private, RoundInput(round=1, query_indices=query), device
+                teacher,
+                config,
+                splits.public,
+                private,
+                RoundInput(round=1, query_indices=query),
+                device,
             )
             teachers.append(teacher)
             weights.append(contribution.weight)
@@ -67,7 +72,9 @@ def run(bench: Bench) -> None:
             ).astype(np.float64)
             ensemble = ensemble_mean(weighted_sum, float(sum(weights)))  # (Q, K)
             student = Student(at_t, splits, device)
-            student.distill(1, splits.public_x, ensemble, splits.public_y)
+            student.distill(
+                1, splits.public_x, ensemble, splits.public.labels("the temperature suite")
+            )
             metrics = student.evaluate(splits.test_x, splits.test_y)
             rows.append(
                 {
@@ -75,7 +82,9 @@ def run(bench: Bench) -> None:
                     "temperature": temperature,
                     "ensemble_entropy": entropy(ensemble),
                     "ensemble_entropy_ratio": entropy(ensemble) / np.log(splits.num_classes),
-                    "ensemble_public_accuracy": accuracy(ensemble, splits.public_y),
+                    "ensemble_public_accuracy": accuracy(
+                        ensemble, splits.public.labels("the temperature suite")
+                    ),
                     "accuracy": metrics["student_accuracy"],
                     "nll": metrics["student_nll"],
                     "ece": metrics["student_ece"],

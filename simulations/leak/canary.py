@@ -126,18 +126,20 @@ def build_world(
         )
     is_member = np.zeros(n_canaries, dtype=bool)
     is_member[rng.permutation(n_canaries)[: n_canaries // 2]] = True
-    if not 0 <= n_reference_rows <= len(splits.public_y):
+    if not 0 <= n_reference_rows <= len(splits.public_x):
         raise ValueError(
-            f"reference_rows must be in [0, {len(splits.public_y)}] (the public set), got "
+            f"reference_rows must be in [0, {len(splits.public_x)}] (the public set), got "
             f"{n_reference_rows}"
         )
     planted, canary_rows = plant(splits, canaries)
     # Its own stream, so the canaries and shadow halves do not depend on Z.
-    public_order = np.random.default_rng([config.seed, 95]).permutation(len(splits.public_y))
+    public_order = np.random.default_rng([config.seed, 95]).permutation(len(splits.public_x))
     reference_rows = np.sort(public_order[:n_reference_rows])
     query = np.concatenate([canary_rows, reference_rows])
     labels = splits.test_y[canaries]
-    reference_labels = splits.public_y[reference_rows]
+    reference_labels = splits.public.labels("the canary experiment's reference rows")[
+        reference_rows
+    ]
     all_labels = np.concatenate([labels, reference_labels])
 
     def confidences(probs: np.ndarray) -> np.ndarray:

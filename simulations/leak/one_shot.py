@@ -80,7 +80,7 @@ def cohort_reports(config: RunConfig, splits: DatasetSplits) -> CohortReports:
         for node in cohort:
             teacher = new_teacher(config, splits, node.index)
             contribution, _ = run_local_round(
-                teacher, config, splits, clients[node.index], request, device, True
+                teacher, config, splits.public, clients[node.index], request, device, True
             )
             rounding = rounding_generator(config.seed, 1, node.index)
             reports[node.node_id] = quantise_contribution(
@@ -112,12 +112,19 @@ def release(config: RunConfig, splits: DatasetSplits, cohort: CohortReports) -> 
             return {"round": 1, "status": "failed: no ensemble row kept", "rows_kept": 0}
         kept, ensemble = query[combined.kept], combined.probs[combined.kept]  # (Q',), (Q', K)
         student = Student(config, splits, resolve_device(config.device))
-        student.distill(1, splits.public_x[kept], ensemble, splits.public_y[kept])
+        student.distill(
+            1,
+            splits.public_x[kept],
+            ensemble,
+            splits.public.labels("the one-shot leak experiment")[kept],
+        )
         return {
             "round": 1,
             "status": "ok",
             **student.evaluate(splits.test_x, splits.test_y),
-            "ensemble_public_accuracy": accuracy(ensemble, splits.public_y[kept]),
+            "ensemble_public_accuracy": accuracy(
+                ensemble, splits.public.labels("the one-shot leak experiment")[kept]
+            ),
             "clients": len(cohort.reports),
             "rows_kept": int(combined.kept.sum()),
         }

@@ -164,7 +164,7 @@ def train_and_contribute(
         digest_probs=None if digest is None else digest[1].astype(np.float32),
     )
     contribution, _ = run_local_round(
-        model, config, splits, data, request, resolve_device(config.device), fresh
+        model, config, splits.public, data, request, resolve_device(config.device), fresh
     )
     return model, contribution
 
@@ -180,7 +180,9 @@ def plant(splits: DatasetSplits, canary_indices: np.ndarray) -> tuple[DatasetSpl
     planted = dataclasses.replace(
         splits,
         public_x=np.concatenate([splits.public_x, splits.test_x[canary_indices]]),
-        public_y=np.concatenate([splits.public_y, splits.test_y[canary_indices]]),
+        public_y=np.concatenate(
+            [splits.public.labels("planting canaries"), splits.test_y[canary_indices]]
+        ),
     )
     return planted, n_public + np.arange(len(canary_indices))
 
