@@ -21,7 +21,6 @@ flat features, (N, C, H, W) for images; labels int64 or None (an unlabelled publ
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.files import atomic_write_bytes
+from common.files import save_npz
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +236,7 @@ def _generate(
         raw = make_dataset(args)
         x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)
         y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
-        buffer = io.BytesIO()
-        np.savez(buffer, x=x, y=y)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())  # concurrent generators cannot collide
+        save_npz(path, x, y)  # atomic: concurrent generators cannot collide
     x, y = load_npz(path)
     assert y is not None  # generated sets carry labels; load_npz required them
     return x, y

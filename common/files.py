@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -20,3 +23,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_npz(path: Path, x: np.ndarray, y: np.ndarray | None = None) -> None:
+    """Write a dataset file atomically: `x` (N, ...) and, when given, labels `y` (N,); an
+    x-only file is an unlabelled public set (`common.data_sources.load_npz` reads both)."""
+    buffer = io.BytesIO()
+    arrays = {"x": x} if y is None else {"x": x, "y": y}
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

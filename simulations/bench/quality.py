@@ -64,6 +64,11 @@ def run(bench: Bench) -> None:
     """Measure every method for every α and seed; write quality.csv, quality.md and plots."""
     if bench.knobs["engine"] not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {bench.knobs['engine']!r}")
+    if bench.knobs["public_sets"]:  # the public-set axis: its own runs and table
+        from simulations.bench import public_sets
+
+        public_sets.run(bench)
+        return
     torch.set_num_threads(bench.config.client_threads)  # in-process training, as a client's
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
@@ -406,6 +411,7 @@ SPEC = BenchSpec(
         "fedprox_mus": (0.001, 0.01, 0.1),
         "engine": "flower",
         "methods": METHOD_NAMES,
+        "public_sets": (),
     },
     config={"num_clients": 10, "partitioner": "dirichlet"},
     tiny={
