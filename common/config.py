@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from common.secagg import MAX_SLOTS
@@ -398,9 +397,8 @@ class RunConfig:
             if value:  # a path is checked where the role is loaded: a node may not hold it
                 parse_source(value, role)
         name = self.dataset
-        if name.startswith(DATASET_PREFIXES):
-            path = Path(name.split(":", 1)[1]).expanduser()
-            _require(path.exists(), f"dataset file {str(path)!r} (from {name!r}) does not exist")
+        if name.startswith(DATASET_PREFIXES):  # checked when loaded: a deployed server or node
+            parse_source(name, "dataset")  # with its own files never reads the private pool
             return
         _require(
             name in DATASETS,

@@ -178,6 +178,8 @@ def load_source(
             + ("" if settings.translation is None else f",translation={settings.translation}")
         )
         return x, y, name
+    if spec.kind in ("npz", "parquet") and not Path(spec.location).exists():
+        raise ValueError(f"{role} file {spec.location!r} (from {spec_text!r}) does not exist")
     if spec.kind == "npz":
         x, y = load_npz(Path(spec.location), labels_required, role)
     else:

@@ -116,6 +116,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_config.add_argument("--file", type=Path, help="write here instead of to stdout")
     run_config.set_defaults(handler=_cmd_run_config)
 
+    data = deploy_commands.add_parser(
+        "data",
+        help="split a config's data into one folder per host (server/, node-<i>/)",
+        description="Write the ServerApp host's public and test sets and, per node, its "
+        "private partition and its own public copy, each in its own folder, and print the "
+        "run-config keys and the --node-config of every SuperNode.",
+    )
+    data.add_argument("--config", default="default", help="named config or TOML path")
+    data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    data.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    data.add_argument("--out", type=Path, required=True, help="folder to write into")
+    data.set_defaults(handler=_cmd_data)
+
     cluster = subparsers.add_parser(
         "cluster",
         help="run on a real SuperLink + SuperNodes on this machine (TLS + node auth)",
@@ -124,7 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`flwr run`, collect the run directory and stop everything.",
     )
     cluster.add_argument(
-        "--nodes", type=int, help="number of SuperNodes, node i serving partition i (default 3)"
+        "--nodes",
+        type=int,
+        help="number of SuperNodes, node i serving partition i from its own files (default 3)",
     )
     cluster.add_argument(
         "--node-config",
@@ -231,6 +246,20 @@ def _cmd_serve_apps(args: argparse.Namespace) -> int:
         print("feddistill: Ctrl-C stops", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from deploy.cluster import node_config_arg
+    from deploy.data_files import write_deployment_data
+
+    config = resolve_config(args.config, args.set, None)
+    data = write_deployment_data(config, args.out.resolve(), args.nodes)
+    keys = " ".join(f"{key}='{value}'" for key, value in data.run_config_changes().items())
+    print(f"ServerApp host: add to the run config: {keys}")
+    for i, node_config in enumerate(data.node_configs()):
+        print(f'node {i}: flower-supernode ... --node-config "{node_config_arg(node_config)}"')
+    print(f"feddistill: each party's files are under {args.out.resolve()}")
     return 0
 
 

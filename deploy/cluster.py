@@ -39,6 +39,7 @@ from deploy.app_signing import (
     write_trusted_entities,
 )
 from deploy.certs import SECAGG_DIR, ServerFiles, generate_deployment_files
+from deploy.data_files import write_deployment_data
 from simulations.launcher import (
     APP_DIR,
     OFFLINE_ENV,
@@ -407,7 +408,9 @@ def run_cluster(
     ----------
     config : validated run config with an absolute `out_dir`.
     nodes : a number N of SuperNodes, node i serving partition i of N (`num_clients` is set
-        to N), or one node-config mapping per SuperNode (e.g. {"data-path": "/d/a.npz"}).
+        to N) from its own files under `workdir/data` (`deploy.data_files`: its private
+        partition and its public copy; the ServerApp gets the public and test files), or one
+        node-config mapping per SuperNode (e.g. {"data-path": "/d/a.npz", "public-path": ...}).
         Each node also gets its own `state-dir` under `workdir` unless its config sets one.
     insecure : local demo without TLS and without SuperNode authentication.
     workdir : where certificates, keys, FLWR_HOMEs and the SuperLink database go; None = a
@@ -421,7 +424,7 @@ def run_cluster(
     ClusterResult : the run directory, the logs directory and the summary.
     """
     if isinstance(nodes, int):
-        node_configs = partition_node_configs(nodes)
+        node_configs = partition_node_configs(nodes)  # replaced by file configs below
         if nodes >= 2:
             config = config.replace(num_clients=nodes)
     else:
@@ -441,6 +444,11 @@ def run_cluster(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="feddistill-")))
+        if isinstance(nodes, int):  # each host gets only its own files (deploy.data_files)
+            data = write_deployment_data(config, workdir / "data", nodes)
+            progress(f"feddistill: wrote each party's data files under {workdir / 'data'}")
+            config = config.replace(**data.run_config_changes())
+            node_configs = data.node_configs()
         returncode = _deploy_and_run(
             config, node_configs, insecure, workdir, logs_dir, timeout, stream_to, progress
         )

@@ -83,7 +83,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_feasible(config, len(splits.public_x))  # refuse before any process starts
     print(
         f"feddistill: {config.num_clients} clients, {config.rounds} rounds, "
-        f"{len(splits.public_x)} public / {len(splits.test_x)} test samples, "
+        f"{len(splits.private_y)} private / {len(splits.public_x)} public "
+        f"({'labelled' if splits.public_y is not None else 'unlabelled'}: "
+        f"{splits.public_source}) / {len(splits.test_x)} test samples, "
         f"{describe_planned_aggregation(config, len(splits.public_x))} → {config.out_dir}",
         flush=True,
     )

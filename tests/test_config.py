@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.config import RunConfig
-from common.data import split_pools
+from common.data import load_splits, split_pools
 from common.models import MODEL_NAMES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -126,11 +126,12 @@ def test_unknown_model_message_lists_every_model():
     assert str(MODEL_NAMES) in str(error.value)
 
 
-def test_missing_npz_file_is_named(tmp_path):
+def test_missing_npz_file_is_named_when_the_dataset_is_loaded(tmp_path):
     missing = tmp_path / "nowhere" / "mine.npz"
+    config = RunConfig.from_mapping({"dataset": f"npz:{missing}", "data_dir": str(tmp_path)})
 
     with pytest.raises(ValueError) as error:
-        RunConfig.from_mapping({"dataset": f"npz:{missing}"})
+        load_splits(config)
 
     assert f"dataset file {str(missing)!r}" in str(error.value)
     assert "does not exist" in str(error.value)

@@ -33,6 +33,7 @@ from flwr.supernode.start_client_internal import _verify_fab as verify_fab
 
 from common.config import RunConfig
 from common.data import load_splits
+from common.files import save_npz
 from deploy import cli as deploy_cli
 from deploy.app_registry import AppRegistry
 from deploy.app_signing import (
@@ -48,9 +49,9 @@ from deploy.cluster import (
     SuperNodeSpec,
     local_cluster,
     node_config_arg,
-    partition_node_configs,
     run_cluster,
 )
+from deploy.data_files import write_deployment_data
 from simulations.cli import resolve_config
 from simulations.launcher import APP_DIR
 
@@ -95,16 +96,6 @@ def _probe_app_variant(directory: Path, version: str, client_app_name: str) -> P
         path = directory / name
         assert old in path.read_text()
         path.write_text(path.read_text().replace(old, new))
-    return directory
-
-
-def _tampered_cache(config: RunConfig, directory: Path) -> Path:
-    """A data dir whose cached MNIST-1D differs slightly: same shapes, another public set."""
-    name = f"mnist1d-n{config.num_samples}-seed{config.seed}.npz"
-    with np.load(Path(config.data_dir) / name) as arrays:
-        x, y = arrays["x"], arrays["y"]
-    directory.mkdir(parents=True)
-    np.savez(directory / name, x=x + np.float32(1e-3), y=y)
     return directory
 
 
@@ -224,19 +215,38 @@ def test_app_signing_refuses_bad_keys_and_signature_files(tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClusterResult, Path]:
-    """Two rounds on a TLS SuperLink with 3 honest SuperNodes and 1 with another public set."""
+def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClusterResult, Path, Path]:
+    """Two rounds on a TLS SuperLink with 3 honest SuperNodes and 1 whose public copy differs.
+
+    Data roles as on separate hosts: each node holds only its private file and its own public
+    copy, the ServerApp only the public and test files. The generated dataset they were cut
+    from is deleted before anything starts, so a party that reached for it would have to
+    regenerate it into the (checked) data_dir.
+    """
     root = tmp_path_factory.mktemp("deployed")
     config = _smoke_config(root)
-    load_splits(config)  # the shared cache the honest nodes (and the ServerApp) read
-    tampered = _tampered_cache(config, root / "tampered-data")
+    data = write_deployment_data(config, root / "hosts", nodes=3)
+    shutil.rmtree(config.data_dir)
+    tampered_public = root / "hosts" / "tampered" / "public.npz"
+    with np.load(data.node_public[0]) as arrays:
+        save_npz(tampered_public, arrays["x"] + np.float32(1e-3))  # same shape, another set
     nodes = [
-        *partition_node_configs(3),
-        {"partition-id": 0, "num-partitions": 3, "data-dir": str(tampered)},
+        *data.node_configs(),
+        {
+            "partition-id": 0,
+            "data-path": str(data.node_private[0]),
+            "public-path": str(tampered_public),
+        },
     ]
     workdir = root / "work"
-    result = run_cluster(config, nodes, workdir=workdir, timeout=RUN_TIMEOUT, progress=print)
-    return result, workdir
+    result = run_cluster(
+        config.replace(**data.run_config_changes()),
+        nodes,
+        workdir=workdir,
+        timeout=RUN_TIMEOUT,
+        progress=print,
+    )
+    return result, workdir, Path(config.data_dir)
 
 
 class TestDeployedRun:
@@ -244,9 +254,9 @@ class TestDeployedRun:
 
     def test_two_rounds_complete_over_tls_with_authenticated_supernodes(
         self,
-        deployed_run: tuple[ClusterResult, Path],
+        deployed_run: tuple[ClusterResult, Path, Path],
     ) -> None:
-        result, _ = deployed_run
+        result, _, _ = deployed_run
         metrics = pd.read_csv(result.out_dir / "metrics.csv")
         summary = json.loads((result.out_dir / "summary.json").read_text())
 
@@ -257,20 +267,28 @@ class TestDeployedRun:
 
     def test_node_with_a_different_public_set_refuses_to_take_part(
         self,
-        deployed_run: tuple[ClusterResult, Path],
+        deployed_run: tuple[ClusterResult, Path, Path],
     ) -> None:
-        result, _ = deployed_run
+        result, _, _ = deployed_run
         tampered_log = (result.logs_dir / "supernode-3.log").read_text()
         run_log = (result.logs_dir / "flwr-run.log").read_text()
 
         assert "PublicSetMismatch" in tampered_log or "public-set hash mismatch" in tampered_log
         assert "refused to describe itself" in run_log
-        assert "public-set hash mismatch" in run_log
+        assert "public-set hash mismatch: the server's public set (public_dataset='npz:" in run_log
+        assert "tampered/public.npz (node config public-path)" in run_log
+
+    def test_no_party_reads_a_dataset_beyond_its_own_files(
+        self, deployed_run: tuple[ClusterResult, Path, Path]
+    ) -> None:
+        _, _, data_dir = deployed_run
+
+        assert not data_dir.exists() or list(data_dir.iterdir()) == []
 
     def test_no_process_outlives_the_deployed_run(
-        self, deployed_run: tuple[ClusterResult, Path]
+        self, deployed_run: tuple[ClusterResult, Path, Path]
     ) -> None:
-        _, workdir = deployed_run
+        _, workdir, _ = deployed_run
 
         assert _leftover_processes(workdir) == []
 

@@ -1,7 +1,8 @@
 """End to end: real Flower simulations through the `feddistill run` command.
 
-Two runs share one module-scoped fixture and run side by side (each has its own SuperLink on
-free ports): the smoke config, and the smoke config on a user's own .npz of flat features.
+Three runs share one module-scoped fixture and run side by side (each has its own SuperLink on
+free ports): the smoke config, the smoke config on a user's own .npz of flat features, and the
+smoke config with each data role from its own file (an x-only public set).
 (Same seed, same results in separate processes: the kill -9/resume test in
 test_fault_tolerance.py compares every metric and the final student's weights.) Every run's
 environment carries a marker variable that the SuperLink, the simulation process and its Ray
@@ -28,11 +29,13 @@ import torch
 
 from common.config import RunConfig
 from common.data import load_splits
+from common.files import save_npz
 from common.metrics import accuracy, nll
 from common.models import build_model
 from common.secagg.encoding import choose_modulus_bits
 from common.secagg.packing import packed_size
 from common.training import predict_probs
+from simulations.bench.plain_loop import run_plain
 from simulations.cli import load_named_config, main
 
 RUN_TIMEOUT_S = 900  # a safety net: each run takes about 40 s on an idle two-core machine
@@ -153,11 +156,28 @@ def smoke_data(root) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(root, gaussian_npz, smoke_data) -> dict[str, Run]:
-    """The smoke config and the smoke config on a user's .npz, side by side."""
+def role_files(root, smoke_data) -> dict[str, str]:
+    """The smoke config's private, public and test pools as three files, the public one x-only:
+    the run-config values of a federation whose roles each have their own source."""
+    splits = load_splits(RunConfig.from_mapping(_smoke_values(root)))
+    paths = {role: root / "roles" / f"{role}.npz" for role in ("private", "public", "test")}
+    save_npz(paths["private"], splits.private_x, splits.private_y)
+    save_npz(paths["public"], splits.public_x)
+    save_npz(paths["test"], splits.test_x, splits.test_y)
+    return {
+        "dataset": f"npz:{paths['private']}",
+        "public_dataset": f"npz:{paths['public']}",
+        "test_dataset": f"npz:{paths['test']}",
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(root, gaussian_npz, smoke_data, role_files) -> dict[str, Run]:
+    """The smoke config, on a user's .npz, and with its own role files, side by side."""
     planned = {
         "smoke": [],
         "npz": [f"dataset=npz:{gaussian_npz}", "teacher_models=mlp-s", "student_model=mlp-s"],
+        "roles": [f"{key}={value}" for key, value in role_files.items()],
     }
     deadline = time.monotonic() + RUN_TIMEOUT_S
     started = {name: _start(root, name, overrides) for name, overrides in planned.items()}
@@ -281,6 +301,28 @@ def test_user_npz_of_flat_features_runs_with_mlp_models(runs, gaussian_npz):
     assert run.summary()["student_accuracy"] >= 0.9
     for name in RUN_FILES:
         assert (run.out_dir / name).is_file(), name
+
+
+def test_an_unlabelled_public_set_through_flower_equals_the_in_process_engine(
+    runs, root, role_files
+):
+    # Prepare
+    run = runs["roles"]
+    assert run.returncode == 0, run.output[-4000:]
+    config = RunConfig.from_mapping({**_smoke_values(root), **role_files})
+
+    # Execute: the same federation without Flower.
+    expected = pd.DataFrame(run_plain(config, load_splits(config)))
+
+    # Assert: the same students and bytes; no column that would need public labels.
+    metrics = run.metrics()
+    assert metrics["status"].tolist() == ["ok", "ok"]
+    assert not [column for column in metrics.columns if column.startswith("ensemble_public")]
+    for column in ("student_accuracy", "student_nll", "student_ece"):
+        np.testing.assert_allclose(metrics[column], expected[column], atol=1e-6, err_msg=column)
+    for column in ("bytes_up", "bytes_down"):
+        assert metrics[column].tolist() == expected[column].tolist(), column
+    assert "unlabelled" in (run.out_dir.parent / "roles.log").read_text()
 
 
 # --- bad configurations stop before any work -------------------------------------------------
