@@ -51,6 +51,11 @@ def _node_data(msg: Message, context: Context, config: RunConfig) -> tuple[Publi
     """This node's public set (its own copy, K as the server announced it) and its hash,
     refusing a copy whose hash differs from the server's."""
     round_config = msg.content[ROUND_RECORD]
+    if "num_classes" not in round_config:
+        raise ValueError(
+            "the server's message names no num_classes: the ServerApp runs another feddistill "
+            "version than this node; refusing to guess the label space"
+        )
     public = load_node_public(config, context.node_config, int(round_config["num_classes"]))
     ours = public_hash(public.x)
     expected = str(round_config["public_hash"])

@@ -377,13 +377,6 @@ def local_cluster(
         _stop_by_pid(descendants)
 
 
-def partition_node_configs(nodes: int) -> list[dict[str, NodeConfigValue]]:
-    """Node configs for `nodes` SuperNodes, node i serving partition i of `nodes`."""
-    if nodes < 1:
-        raise ValueError(f"nodes must be >= 1, got {nodes}")
-    return [{"partition-id": i, "num-partitions": nodes} for i in range(nodes)]
-
-
 def run_cluster(
     config: RunConfig,
     nodes: int | Sequence[Mapping[str, NodeConfigValue]] = 3,
@@ -423,15 +416,15 @@ def run_cluster(
     -------
     ClusterResult : the run directory, the logs directory and the summary.
     """
-    if isinstance(nodes, int):
-        node_configs = partition_node_configs(nodes)  # replaced by file configs below
-        if nodes >= 2:
-            config = config.replace(num_clients=nodes)
-    else:
-        node_configs = [dict(node_config) for node_config in nodes]
-    if len(node_configs) < config.min_clients:
+    node_configs = [] if isinstance(nodes, int) else [dict(node) for node in nodes]
+    count = nodes if isinstance(nodes, int) else len(node_configs)
+    if count < 1:
+        raise ValueError(f"nodes must be >= 1, got {count}")
+    if isinstance(nodes, int) and nodes >= 2:
+        config = config.replace(num_clients=nodes)
+    if count < config.min_clients:
         raise ValueError(
-            f"{len(node_configs)} SuperNode(s) is below min_clients={config.min_clients}: "
+            f"{count} SuperNode(s) is below min_clients={config.min_clients}: "
             "every round would fail"
         )
     for node_config in node_configs:
