@@ -124,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
 
     if secure:
         stage = str(round_config.get("secagg_stage", ""))
-        return start_secure_round(msg, context, config, contribution, stage)
+        return start_secure_round(msg, context, config, contribution, stage, request.round)
     content = plain_reply_content(contribution, counts, config.label_bits, public_digest, metrics)
     return Message(content, reply_to=msg)
 

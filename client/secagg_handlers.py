@@ -103,13 +103,21 @@ def contribution_ledger(context: Context, config: RunConfig, name: str) -> Contr
 
 
 def start_secure_round(
-    msg: Message, context: Context, config: RunConfig, contribution: Contribution, stage: str
+    msg: Message,
+    context: Context,
+    config: RunConfig,
+    contribution: Contribution,
+    stage: str,
+    training_round: int,
 ) -> Message:
     """Answer the SecAgg+ request a `train` message carries, once the contribution exists.
 
     ``stage`` is 'advertise' (a new key epoch: the contribution, with this client's DP noise
     share, waits in the node state for the masked-input stage) or 'masked-input' (a later round
-    of the epoch: the masked contribution is the reply). Either way the ledger is checked first.
+    of the epoch: the masked contribution is the reply). The request must be for
+    ``training_round``, the round this message trained: the ledger, the report digest and the
+    teacher store then all key on one round number, so a server cannot have an earlier round's
+    report re-made and summed again under a fresh SecAgg+ round. The ledger is checked first.
     """
     request = _request(msg)
     try:
@@ -122,6 +130,11 @@ def start_secure_round(
         round_ = request.get("round")
         if not isinstance(round_, int):
             raise SecAggRefusal("malformed request: 'round' is needed")
+        if round_ != training_round:
+            raise SecAggRefusal(
+                f"the SecAgg+ request is for round {round_} but this train message trains "
+                f"round {training_round}; refusing a sum not bound to the round it aggregates"
+            )
         scope = run_scope(config.to_dict())
         report = contribution.weighted_vector()  # (L,) float64, before noise
         digest = report_digest(identity.ledger_key(), round_, report.tobytes())

@@ -1,8 +1,9 @@
 """Where a client keeps its teacher between rounds: node-local disk, or Flower's context.state.
 
-On disk (simulation: `<out_dir>/clients/<label>/`; deployment: the node-config `state-dir`), the
-teacher is saved per round as `teacher-round{r}.pt`, and round r starts from the newest file
-before r. A round that is re-run after a crash therefore starts from the same weights as the
+On disk (simulation: `<out_dir>/clients/<label>/`; deployment: `<state-dir>/run-<scope>/<label>/`
+under the node-config `state-dir`, the scope a digest of the run config without `resume`, so a
+node never starts one run's round from another run's teacher), the teacher is saved per round
+as `teacher-round{r}.pt`, and round r starts from the newest file before r. A round that is re-run after a crash therefore starts from the same weights as the
 first time, which makes resumed runs identical to uninterrupted ones.
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, Context
 
+from client.secagg_ledger import run_scope
 from common.config import RunConfig
 from common.files import atomic_write_bytes
 
 MEMORY_KEY = "teacher"
+RUN_SCOPE_CHARS = 16  # hex digits of the run scope in a state-dir folder name
 _FILE = re.compile(r"teacher-round(\d+)\.pt")
 
 
@@ -34,8 +37,10 @@ class TeacherStore:
     def for_node(cls, context: Context, config: RunConfig, label: str) -> TeacherStore:
         """Disk store under the node's `state-dir` or the run's out_dir; else memory only."""
         node_config: Mapping[str, object] = context.node_config
-        if "state-dir" in node_config:
-            return cls(context, Path(str(node_config["state-dir"])).expanduser() / label)
+        if "state-dir" in node_config:  # one folder per run: a node serves many runs
+            run = run_scope(config.to_dict())[:RUN_SCOPE_CHARS]
+            state_dir = Path(str(node_config["state-dir"])).expanduser()
+            return cls(context, state_dir / f"run-{run}" / label)
         if config.out_dir:
             return cls(context, Path(config.out_dir) / "clients" / label)
         return cls(context, None)

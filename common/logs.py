@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 
 
 def get_logger(module_name: str) -> logging.Logger:
     """A logger under Flower's `flwr` logger, which owns the handlers in every Flower process."""
     return logging.getLogger(f"flwr.feddistill.{module_name}")
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Refusal|Mismatch|Interrupt)\b.*")
+MAX_SUMMARY = 500
+
+
+def error_summary(reason: str) -> str:
+    """One line for a client's error as results record it (metrics.csv, summary.json): the
+    exception's own line of a multi-line traceback (its last `SomeError: …` line), else the
+    last non-empty line, whitespace collapsed and cut at MAX_SUMMARY characters. The whole
+    text belongs in the log only."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    exception_lines = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    line = " ".join((exception_lines or lines)[-1].split())
+    return line if len(line) <= MAX_SUMMARY else line[: MAX_SUMMARY - 1] + "…"

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.label_coding import decode_counts, encode_counts, encode_indices
-from common.logs import get_logger
+from common.logs import error_summary, get_logger
 from common.protocol import (
     ARRAYS_RECORD,
     CONTRIBUTION_RECORD,
@@ -215,7 +215,8 @@ def _unpack(
     if reply is None:
         raise LeftOut("no reply before the timeout")
     if reply.has_error():
-        raise LeftOut(f"client error: {reply.error.reason}")
+        log.warning("client error, as the node reported it: %s", reply.error.reason)
+        raise LeftOut(f"client error: {error_summary(reply.error.reason)}")
     try:
         coded = record_to_arrays(reply.content[CONTRIBUTION_RECORD])["counts"]
         round_record = reply.content[ROUND_RECORD]

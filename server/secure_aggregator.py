@@ -23,7 +23,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.logs import get_logger
+from common.logs import error_summary, get_logger
 from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, payload_bytes, summed_length
 from common.secagg import NO_KEY_EPOCH, SecAggAbort, SecAggParams
 from common.secure_codec import (
@@ -86,15 +86,17 @@ class SecureAggregator:
                 for reply in grid.send_and_receive(messages, timeout=timeout):
                     node_id = reply.metadata.src_node_id
                     if reply.has_error():
-                        failed[node_id] = f"{stage}: client error: {reply.error.reason}"
-                        if NO_KEY_EPOCH in reply.error.reason:
+                        reason = reply.error.reason
+                        failed[node_id] = f"{stage}: client error: {error_summary(reason)}"
+                        if NO_KEY_EPOCH in reason:
                             rekey = True
                         log.warning(
-                            "round %d: %s (node %d) %s",
+                            "round %d: %s (node %d) %s: client error: %s",
                             plan.round,
                             labels.get(node_id),
                             node_id,
-                            failed[node_id],
+                            stage,
+                            reason,
                         )
                         continue
                     bytes_up += payload_bytes(reply.content)

@@ -21,6 +21,7 @@ from common.config import RunConfig
 from common.data import load_splits
 from common.data_sources import load_npz
 from common.feasibility import check_feasible, describe_aggregation, describe_planned_aggregation
+from common.logs import error_summary
 from server.results import summarise_rounds
 from simulations import cli
 from simulations.cli import run_outcome
@@ -517,3 +518,32 @@ def test_cli_exit_code_follows_the_summary(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         "feddistill: error: 0 of 1 rounds completed; results: /runs/x"
     )
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        (
+            "Error while running ClientApp\nTraceback (most recent call last):\n"
+            '  File "client/app.py", line 80, in train\n    raise PublicSetMismatch(...)\n'
+            "client.app.PublicSetMismatch: public-set hash mismatch: the server's …\n",
+            "client.app.PublicSetMismatch: public-set hash mismatch: the server's …",
+        ),
+        (
+            "ray.exceptions.RayTaskError(ValueError): ray::ClientAppActor.run()\n"
+            "  File 'x.py', line 3\nValueError: injected crash\n\n",
+            "ValueError: injected crash",
+        ),
+        ("a plain   reason\n", "a plain reason"),
+        ("\n  \n", "no reason given"),
+    ],
+    ids=["traceback", "ray", "plain", "empty"],
+)
+def test_a_client_error_is_recorded_as_one_line(reason, expected):
+    assert error_summary(reason) == expected
+
+
+def test_a_long_client_error_is_cut():
+    summary = error_summary("ValueError: " + "x" * 2000)
+
+    assert len(summary) == 500 and summary.endswith("…")

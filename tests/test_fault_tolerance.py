@@ -72,6 +72,7 @@ class TestMalformedReplies:
         assert first["clients"] == 2
         assert first["clients_failed"] == 7
         failures = first["failures"]
+        assert "\n" not in failures and "Traceback" not in failures  # one line per client
         for partition, reason in {
             2: "coded counts do not decompress",
             3: "coded counts hold 69084 bytes, expected 69120",

@@ -14,9 +14,18 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 
+from client import app as client_app
 from client.secagg_handlers import STATE_PROTOCOL, continue_secure_round, start_secure_round
 from common.config import RunConfig
-from common.protocol import SECAGG_ARRAYS, SECAGG_CONFIG, Contribution, summed_length
+from common.data import load_splits, public_hash
+from common.protocol import (
+    ARRAYS_RECORD,
+    ROUND_RECORD,
+    SECAGG_ARRAYS,
+    SECAGG_CONFIG,
+    Contribution,
+    summed_length,
+)
 from common.secagg import SecAggRefusal
 from common.secagg.identity import ensure_identities
 from common.secure_codec import (
@@ -27,6 +36,8 @@ from common.secure_codec import (
     records_to_payload,
     value_bound,
 )
+from server.aggregation import RoundPlan
+from server.cohort import NodeInfo
 from server.secagg import SecAggServer
 
 RUN_ID = 77
@@ -81,7 +92,7 @@ class Nodes:
         context = self.contexts[node]
         if stage == "advertise" or train:
             report = contribution(NODE_IDS.index(node), round_)
-            reply = start_secure_round(msg, context, self.config, report, stage)
+            reply = start_secure_round(msg, context, self.config, report, stage, round_)
         else:
             reply = continue_secure_round(msg, context, self.config, stage)
         return records_to_payload(reply.content[SECAGG_CONFIG], reply.content[SECAGG_ARRAYS])
@@ -264,3 +275,52 @@ def test_a_node_restarted_mid_epoch_refuses_the_replay_and_drops_without_its_key
     half_step = 2.0 ** -(client_policy(nodes.config).frac_bits + 1)
     np.testing.assert_allclose(decoded_mean(nodes, server), expected, rtol=0, atol=half_step)
     assert nodes.run(4, NODE_IDS, slots=3).result().survivors == NODE_IDS
+
+
+def test_a_train_message_for_an_earlier_round_cannot_open_a_later_secure_sum(
+    tmp_path: Path, caplog
+) -> None:
+    # Prepare: the real `train` handler of partition 0 on a tiny federation. The server asks it
+    # to re-train round 1 (the teacher store would reproduce round 1's report exactly) while its
+    # SecAgg+ request opens round 2, whose ledger slot is still free.
+    nodes = Nodes(
+        tmp_path,
+        num_samples=1200,
+        num_clients=N_NODES,
+        local_epochs=1,
+        teacher_models="mlp-s",
+        student_model="mlp-s",
+        data_dir=str(tmp_path / "data"),
+        device="cpu",
+    )
+    splits = load_splits(nodes.config)
+    cohort = [
+        NodeInfo(node, NODE_IDS.index(node), f"partition-{i}") for i, node in enumerate(NODE_IDS)
+    ]
+    plan = RoundPlan(
+        round=1,
+        cohort=cohort,
+        query_indices=np.arange(len(splits.public_x)),
+        n_public=len(splits.public_x),
+        num_classes=splits.num_classes,
+        label_bits=nodes.config.label_bits,
+        public_hash=public_hash(splits.public_x),
+        min_clients=2,
+        timeout=60.0,
+    )
+    server = nodes.server(2, NODE_IDS)
+    node = NODE_IDS[0]
+    message = nodes.message(node, 1, "advertise", server.requests()[node])
+    train_content = plan.train_content({"secagg": True, "secagg_stage": "advertise"})
+    for name in (ROUND_RECORD, ARRAYS_RECORD):
+        message.content[name] = train_content[name]
+
+    # Execute / Assert
+    with caplog.at_level(logging.WARNING), pytest.raises(SecAggRefusal) as refusal:
+        client_app.train(message, nodes.contexts[node])
+    assert str(refusal.value) == (
+        "the SecAgg+ request is for round 2 but this train message trains round 1; refusing a "
+        "sum not bound to the round it aggregates"
+    )
+    assert "refusing advertise request" in caplog.text
+    assert STATE_PROTOCOL not in nodes.contexts[node].state

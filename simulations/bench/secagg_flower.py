@@ -190,7 +190,8 @@ def train_reply(msg: Message, context: Context, config: RunConfig) -> Message:
     round_config = msg.content[ROUND_RECORD]
     if bool(round_config.get("secagg", False)):
         stage = str(round_config.get("secagg_stage", ""))
-        return start_secure_round(msg, context, config, contribution, stage)
+        training_round = int(round_config["round"])
+        return start_secure_round(msg, context, config, contribution, stage, training_round)
     counts = fixed_counts(_partition_id(context))
     content = plain_reply_content(contribution, counts, CLIENT_CONFIG.label_bits, PUBLIC_HASH)
     return Message(content, reply_to=msg)
