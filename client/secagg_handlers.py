@@ -7,12 +7,14 @@ key epoch, the protocol state (which holds private keys) lives only in `context.
 in deployment every message may run in a fresh process.
 
 Trust comes from the node, not the server: the node's identity key and the roster of identities
-it accepts are read from its node config (`secagg-identity`, `secagg-roster`, written by the
-deploy tooling) or, when the node config names none (simulation), from the roster the launcher
-made (`secagg_roster`, with `partition-N.key` beside it). Its DP noise share is sized from the
-announced cohort and the node later refuses to unmask unless that many verified roster members
-signed the survivor set; the ledger (`client.secagg_ledger`) refuses a second masked input for
-a round or a report.
+it accepts are read from its node config (`secagg-identity`, made on the node's own host by
+`feddistill deploy node-identity`; `secagg-roster`, assembled by the operator from the nodes'
+public files; `secagg-roster-sha256`, the roster fingerprint its members compared out of band,
+which the node checks) or, when the node config names none (simulation), from the roster the
+launcher made (`secagg_roster`, with `partition-N.key` beside it). Its DP noise share is sized
+from the announced cohort and the node later refuses to unmask unless that many verified roster
+members signed the survivor set; the ledger (`client.secagg_ledger`) refuses a second masked
+input for a round or a report.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def node_identity(
             raise ValueError(
                 "secure aggregation needs node identities: node-config secagg-identity and "
                 "secagg-roster (deployment) or run-config secagg_roster (simulation)"
+            )
+        pinned = str(node_config.get("secagg-roster-sha256", "")).strip().lower()
+        if pinned and roster.fingerprint() != pinned:
+            raise ValueError(
+                f"the roster {str(node_config.get('secagg-roster', config.secagg_roster))!r} "
+                f"has fingerprint {roster.fingerprint()[:16]}…, but this node's operator pinned "
+                f"{pinned[:16]}… (node config secagg-roster-sha256); refusing a roster its "
+                "members did not agree on"
             )
     except ValueError as error:
         raise SecAggRefusal(str(error)) from error

@@ -1,9 +1,10 @@
 """Where a client keeps its teacher between rounds: node-local disk, or Flower's context.state.
 
-On disk (simulation: `<out_dir>/clients/<label>/`; deployment: `<state-dir>/run-<scope>/<label>/`
-under the node-config `state-dir`, the scope a digest of the run config without `resume`, so a
-node never starts one run's round from another run's teacher), the teacher is saved per round
-as `teacher-round{r}.pt`, and round r starts from the newest file before r. A round that is re-run after a crash therefore starts from the same weights as the
+On disk (simulation: `<out_dir>/clients/<label>/`; deployment:
+`<state-dir>/run-<scope>/<label>/` under the node-config `state-dir`, the scope a digest of the
+run config without `resume`, so a node never starts one run's round from another run's teacher),
+the teacher is saved per round as `teacher-round{r}.pt`, and round r starts from the newest file
+before r. A round that is re-run after a crash therefore starts from the same weights as the
 first time, which makes resumed runs identical to uninterrupted ones.
 """
 

@@ -10,11 +10,11 @@ Layout written by `generate_deployment_files(out_dir, ...)`::
     ca.crt  ca.key                      CA certificate (public) and key (keep offline)
     server.pem  server.key              SuperLink certificate (SANs below) and key
     supernodes/NAME.key  NAME.pub       SuperNode auth key pair, OpenSSH format (P-384)
-    secagg/roster.json                  SecAgg+ identity roster (public keys; give to every node)
-    secagg/NAME.key                     SuperNode's SecAgg+ Ed25519 identity (0600; that node only)
 
-Each SuperNode gets `--node-config "secagg-roster=... secagg-identity=..."`: the roster of
-identities whose signed SecAgg+ keys it accepts comes from the operator, not from the server.
+SecAgg+ identities are not made here: each node makes its own on its host
+(`common.secagg.identity.create_node_identity`, `feddistill deploy node-identity`) and hands
+over only the public file; the operator assembles the roster from those (`feddistill deploy
+roster`) and every node pins the roster's fingerprint (node config `secagg-roster-sha256`).
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.secagg.identity import ROSTER_FILE, ensure_identities
-
 DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 CURVE = ec.SECP384R1  # a NIST curve: what `flwr supernode register` accepts
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLOCK_SKEW = timedelta(minutes=5)
-SECAGG_DIR = "secagg"  # SecAgg+ identities and their roster, beside the TLS material
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,6 @@ class DeploymentFiles:
 
     server: ServerFiles
     nodes: tuple[NodeKeyPair, ...]
-    secagg_roster: Path | None = None  # roster.json; each node's identity is NAME.key beside it
 
 
 def san_entries(extra: Sequence[str] = ()) -> tuple[str, ...]:
@@ -211,11 +207,9 @@ def generate_deployment_files(
     node_dir = out_dir / "supernodes"
     names = [f"supernode-{i}" for i in range(nodes)]
     refuse_existing([node_dir / f"{n}{suffix}" for n in names for suffix in (".key", ".pub")])
-    refuse_existing([out_dir / SECAGG_DIR / ROSTER_FILE])
     server = generate_server_files(out_dir, extra_sans, days)
     pairs = tuple(generate_node_key(node_dir, name) for name in names)
-    roster = ensure_identities(out_dir / SECAGG_DIR, names) if names else None
-    return DeploymentFiles(server=server, nodes=pairs, secagg_roster=roster)
+    return DeploymentFiles(server=server, nodes=pairs)
 
 
 def _general_name(value: str) -> x509.GeneralName:

@@ -53,6 +53,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node_key.add_argument("--name", required=True, help="key name: writes NAME.key, NAME.pub")
     node_key.set_defaults(handler=_cmd_node_key)
 
+    identity = deploy_commands.add_parser(
+        "node-identity",
+        help="a node's own SecAgg+ identity (run it on the SuperNode's host)",
+        description="Write NAME.secagg.key (0600: it never leaves this host) and "
+        "NAME.secagg.pub (send it to the operator, who builds the roster from such files).",
+    )
+    identity.add_argument("--out", required=True, type=Path, help="output directory")
+    identity.add_argument("--name", required=True, help="the node's roster name")
+    identity.set_defaults(handler=_cmd_node_identity)
+
+    roster = deploy_commands.add_parser(
+        "roster",
+        help="the SecAgg+ roster from the nodes' public identity files, and its fingerprint",
+        description="Write the roster (public keys only) and print its SHA-256 fingerprint: "
+        "every node operator compares it out of band and pins it in their node config "
+        "(secagg-roster-sha256), so no node accepts a roster the server alone made.",
+    )
+    roster.add_argument("--out", required=True, type=Path, help="roster file to write")
+    roster.add_argument("public", nargs="+", type=Path, help="NAME.secagg.pub files")
+    roster.set_defaults(handler=_cmd_roster)
+
     app_key = deploy_commands.add_parser(
         "app-key",
         help="an Ed25519 key pair that signs app bundles (FABs) SuperNodes may run",
@@ -178,9 +199,28 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     print(f"  SANs                {', '.join(server.sans)}")
     for pair in files.nodes:
         print(f"  {pair.name:<19} {pair.private_key} (node only), {pair.public_key} (register)")
-    if files.secagg_roster is not None:
-        print(f"  SecAgg+ roster      {files.secagg_roster}  (give to every SuperNode)")
-        print(f"  SecAgg+ identities  {files.secagg_roster.parent}/NAME.key  (each node its own)")
+    return 0
+
+
+def _cmd_node_identity(args: argparse.Namespace) -> int:
+    from common.secagg.identity import create_node_identity
+
+    private, public = create_node_identity(args.out, args.name)
+    print(f"feddistill: SecAgg+ identity {private} (this host only, node config secagg-identity)")
+    print(f"feddistill: public identity {public} (send it to the operator)")
+    return 0
+
+
+def _cmd_roster(args: argparse.Namespace) -> int:
+    from common.secagg.identity import Roster
+
+    if args.out.exists():
+        raise ValueError(f"refusing to overwrite {str(args.out)!r}")
+    roster = Roster.from_public_files(args.public)
+    roster.save(args.out)
+    print(f"feddistill: roster of {len(roster)} members written to {args.out}")
+    print(f"secagg-roster-sha256={roster.fingerprint()}")
+    print("Every node operator compares this fingerprint out of band before pinning it.")
     return 0
 
 

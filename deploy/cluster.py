@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.config import RunConfig
-from common.secagg.identity import ensure_identities, identity_file
+from common.secagg.identity import Roster, create_node_identity
 from deploy.app_registry import REGISTRY_URL_ENV, AppRegistry
 from deploy.app_signing import (
     AppSigningKey,
@@ -38,7 +38,7 @@ from deploy.app_signing import (
     sign_app,
     write_trusted_entities,
 )
-from deploy.certs import SECAGG_DIR, ServerFiles, generate_deployment_files
+from deploy.certs import ServerFiles, generate_deployment_files
 from deploy.data_files import write_deployment_data
 from simulations.launcher import (
     APP_DIR,
@@ -476,8 +476,12 @@ def _deploy_and_run(
         tls = files.server
         private_keys = {pair.name: pair.private_key for pair in files.nodes}
         public_keys = {pair.name: pair.public_key for pair in files.nodes}
-    # SecAgg+ identities and roster: the operator's, handed to each node beside its data.
-    roster = ensure_identities(workdir / "certs" / SECAGG_DIR, names)
+    # SecAgg+ identities as on separate hosts: each node makes its own, the operator builds
+    # the roster from the public files, and every node pins the roster's fingerprint.
+    identities = {name: _node_identity(workdir / "supernodes" / name, name) for name in names}
+    roster_path = workdir / "certs" / "secagg-roster.json"
+    roster = Roster.from_public_files([public for _, public in identities.values()])
+    roster.save(roster_path)
     signing_key, trusted_entities = _app_signing_files(workdir / "certs" / APP_SIGNING_DIR)
     fab = build_app(APP_DIR)
     registry = AppRegistry()
@@ -504,8 +508,9 @@ def _deploy_and_run(
                     node_config={
                         "state-dir": state_dir,
                         "require-secagg": str(config.secagg).lower(),
-                        "secagg-roster": str(roster),
-                        "secagg-identity": str(identity_file(roster.parent, name)),
+                        "secagg-roster": str(roster_path),
+                        "secagg-roster-sha256": roster.fingerprint(),
+                        "secagg-identity": str(identities[name][0]),
                         **node_config,
                     },
                     private_key=private_keys.get(name),
@@ -518,6 +523,15 @@ def _deploy_and_run(
         returncode = cluster.run(config, app=spec, stream_to=stream_to, timeout=timeout)
     progress("feddistill: SuperLink and SuperNodes stopped")
     return returncode
+
+
+def _node_identity(node_dir: Path, name: str) -> tuple[Path, Path]:
+    """The node's own SecAgg+ identity under its folder (kept if a --workdir already has it)."""
+    directory = node_dir / "identity"
+    private, public = directory / f"{name}.secagg.key", directory / f"{name}.secagg.pub"
+    if private.exists() and public.exists():
+        return private, public
+    return create_node_identity(directory, name)
 
 
 def _app_signing_files(directory: Path) -> tuple[AppSigningKey, Path]:

@@ -15,7 +15,12 @@ import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 
 from client import app as client_app
-from client.secagg_handlers import STATE_PROTOCOL, continue_secure_round, start_secure_round
+from client.secagg_handlers import (
+    STATE_PROTOCOL,
+    continue_secure_round,
+    node_identity,
+    start_secure_round,
+)
 from common.config import RunConfig
 from common.data import load_splits, public_hash
 from common.protocol import (
@@ -27,7 +32,13 @@ from common.protocol import (
     summed_length,
 )
 from common.secagg import SecAggRefusal
-from common.secagg.identity import ensure_identities
+from common.secagg.identity import (
+    NodeIdentity,
+    Roster,
+    create_node_identity,
+    ensure_identities,
+    load_public_identity,
+)
 from common.secure_codec import (
     client_policy,
     decode_aggregate,
@@ -324,3 +335,39 @@ def test_a_train_message_for_an_earlier_round_cannot_open_a_later_secure_sum(
     )
     assert "refusing advertise request" in caplog.text
     assert STATE_PROTOCOL not in nodes.contexts[node].state
+
+
+def test_a_node_made_identity_and_a_pinned_roster_fingerprint_gate_secure_rounds(
+    tmp_path: Path, caplog
+) -> None:
+    # Prepare: three nodes each make their identity "on their host"; the operator builds the
+    # roster from the public files only; a server then hands node 0 a roster with a sybil added.
+    made = {
+        f"site-{i}": create_node_identity(tmp_path / f"site-{i}", f"site-{i}") for i in range(3)
+    }
+    roster = Roster.from_public_files([public for _, public in made.values()])
+    roster.save(tmp_path / "roster.json")
+    sybil = dict(roster.members) | {"sybil": NodeIdentity.generate().public_key}
+    Roster(sybil).save(tmp_path / "edited-roster.json")
+    private, public = made["site-0"]
+    node_config = {
+        "secagg-identity": str(private),
+        "secagg-roster": str(tmp_path / "roster.json"),
+        "secagg-roster-sha256": roster.fingerprint(),
+    }
+
+    # Execute
+    identity, accepted, _ = node_identity(RunConfig(), node_config)
+    edited = {**node_config, "secagg-roster": str(tmp_path / "edited-roster.json")}
+    with pytest.raises(SecAggRefusal) as refusal:
+        node_identity(RunConfig(), edited)
+
+    # Assert
+    assert identity.public_key == load_public_identity(public)[1]
+    assert accepted.fingerprint() == roster.fingerprint()
+    assert "pinned" in str(refusal.value) and roster.fingerprint()[:16] in str(refusal.value)
+    assert "edited-roster.json" in str(refusal.value)
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert "PRIVATE" not in public.read_text()
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        create_node_identity(tmp_path / "site-0", "site-0")

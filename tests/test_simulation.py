@@ -355,7 +355,6 @@ def test_bad_set_exits_non_zero_with_the_message_before_any_training(root):
         (["temprature=2"], "unknown config key(s) ['temprature']"),
         (["temperature"], "--set expects key=value, got 'temperature'"),
         (["student_model=vit"], "unknown model 'vit'"),
-        (["dataset=npz:/no/such/file.npz"], "dataset file '/no/such/file.npz'"),
     ],
 )
 def test_bad_set_is_reported_by_main_without_starting_anything(root, capsys, overrides, message):
@@ -389,6 +388,23 @@ def test_empty_public_pool_stops_the_command_before_the_simulation_starts(root, 
     assert returncode == 2
     assert "8000 samples cannot be split into test (1600), public (0)" in captured.err
     assert "every pool must be non-empty" in captured.err
+    assert not (out_dir / "metrics.csv").exists()
+    assert not (out_dir / "superlink.log").exists()
+
+
+@pytest.mark.parametrize("role", ["dataset", "public_dataset", "test_dataset"])
+def test_a_missing_role_file_stops_the_command_before_the_simulation_starts(root, capsys, role):
+    out_dir = root / f"missing-{role}"
+    argv = ["run", "--config", "smoke", "--out", str(out_dir), "--set", f"data_dir={root / 'data'}"]
+
+    returncode = main([*argv, "--set", f"{role}=npz:/no/such/file.npz"])
+
+    captured = capsys.readouterr()
+    assert returncode == 2
+    assert (
+        f"feddistill: error: {role} file '/no/such/file.npz' (from 'npz:/no/such/file.npz') "
+        "does not exist"
+    ) in captured.err
     assert not (out_dir / "metrics.csv").exists()
     assert not (out_dir / "superlink.log").exists()
 

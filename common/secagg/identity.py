@@ -198,6 +198,65 @@ class Roster:
         text = json.dumps({"format": ROSTER_FORMAT, "members": members}, indent=1)
         atomic_write_bytes(Path(path), (text + "\n").encode())
 
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the members (names and keys, sorted): what node operators compare
+        out of band, so that a node accepts no roster the server alone made or edited."""
+        canonical = json.dumps(
+            {"format": ROSTER_FORMAT, "members": {n: k.hex() for n, k in self.members.items()}},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_public_files(cls, paths: Sequence[Path]) -> Roster:
+        """A roster of the public identities nodes made themselves (`create_node_identity`)."""
+        members: dict[str, bytes] = {}
+        for path in paths:
+            name, key = load_public_identity(Path(path))
+            if name in members:
+                raise ValueError(f"two public identity files name the member {name!r}")
+            members[name] = key
+        return cls(members)
+
+
+PUBLIC_IDENTITY_FORMAT = "feddistill-secagg-identity/1"
+
+
+def create_node_identity(directory: Path, name: str) -> tuple[Path, Path]:
+    """Make a node's own SecAgg+ identity on its host: `NAME.secagg.key` (private, 0600, never
+    leaves the host) and `NAME.secagg.pub` (the public key, for the operator's roster).
+    Existing files are never overwritten. Returns (private file, public file)."""
+    if not MEMBER_NAME.fullmatch(name):
+        raise ValueError(f"identity names must be letters, digits, '_', '.' or '-', got {name!r}")
+    directory = Path(directory).expanduser()
+    private, public = directory / f"{name}.secagg.key", directory / f"{name}.secagg.pub"
+    for path in (private, public):
+        if path.exists():
+            raise ValueError(f"refusing to overwrite {str(path)!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = NodeIdentity.generate()
+    identity.save(private)
+    document = {"format": PUBLIC_IDENTITY_FORMAT, "name": name, "key": identity.public_key.hex()}
+    atomic_write_bytes(public, (json.dumps(document) + "\n").encode())
+    return private, public
+
+
+def load_public_identity(path: Path) -> tuple[str, bytes]:
+    """(name, 32-byte key) of a public identity file; ValueError naming the file if bad."""
+    if not path.is_file():
+        raise ValueError(f"public identity file {str(path)!r} does not exist")
+    try:
+        document = json.loads(path.read_text())
+        if document.get("format") != PUBLIC_IDENTITY_FORMAT:
+            raise ValueError(f"format must be {PUBLIC_IDENTITY_FORMAT!r}")
+        name, key = str(document["name"]), bytes.fromhex(str(document["key"]))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, ValueError, AttributeError) as e:
+        raise ValueError(f"{str(path)!r} is not a public identity file ({e})") from None
+    if len(key) != IDENTITY_BYTES:
+        raise ValueError(f"{str(path)!r}: the key must be {IDENTITY_BYTES} bytes")
+    return name, key
+
 
 ROSTER_FILE = "roster.json"
 
