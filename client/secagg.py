@@ -604,7 +604,9 @@ class SecAggClient:
             )
         signature = b""
         if self.authenticated:
-            statement = survivors_statement(state.run, state.round, state.node_id, survivors)
+            statement = survivors_statement(
+                state.run, state.epoch, state.slot, state.round, state.node_id, survivors
+            )
             signature = NodeIdentity(state.identity_sk).sign(statement)
         state.survivors = survivors
         state.stage = _STAGE["unmask"]
@@ -703,7 +705,9 @@ class SecAggClient:
             and not verify(
                 identity,
                 signature,
-                survivors_statement(state.run, state.round, v, state.survivors),
+                survivors_statement(
+                    state.run, state.epoch, state.slot, state.round, v, state.survivors
+                ),
             )
         ]
         if forged:

@@ -552,6 +552,27 @@ def test_a_split_survivor_set_gets_at_most_one_secret_of_the_victim() -> None:
     assert (b_shares, s_shares) == (0, len(others))  # s_v only: b_v still masks v's input
 
 
+@pytest.mark.parametrize(
+    ("epoch", "slot"), [(ROUND - 1, 0), (ROUND, 1)], ids=["other-epoch", "other-slot"]
+)
+def test_a_consistency_signature_of_another_epoch_or_slot_is_refused(epoch: int, slot: int) -> None:
+    # Prepare: the real unmask request, with one signer's signature replaced by that signer's
+    # own valid signature over the same run, round, node and U3, but another epoch or slot.
+    deployment = Deployment(10)
+    deployment.run_to("unmask")
+    node = deployment.cohort[0]
+    request = deployment.server.requests()[node]
+    signer = next(v for v in request["signers"] if v != node)
+    i = request["signers"].index(signer)
+    u3 = deployment.states[node]["survivors"]
+    statement = survivors_statement(RUN, epoch, slot, ROUND, signer, u3)
+    replayed = {**request, "signatures": list(request["signatures"])}
+    replayed["signatures"][i] = deployment.identities[signer].sign(statement)
+
+    # Execute / Assert
+    refusal(deployment, node, replayed, f"consistency signatures of nodes \\[{signer}\\]")
+
+
 def test_consistency_signatures_must_come_from_the_roster_and_the_same_identities() -> None:
     deployment = Deployment(10)
     deployment.run_to("unmask")
@@ -564,7 +585,7 @@ def test_consistency_signatures_must_come_from_the_roster_and_the_same_identitie
     forged = {**request, "identities": list(request["identities"])}
     forged["signatures"] = list(request["signatures"])
     forged["identities"][i] = forger.public_key
-    forged["signatures"][i] = forger.sign(survivors_statement(RUN, ROUND, signer, u3))
+    forged["signatures"][i] = forger.sign(survivors_statement(RUN, ROUND, 0, ROUND, signer, u3))
     swapped = {**request, "identities": list(request["identities"])}
     swapped["identities"][i], swapped["identities"][j] = (
         request["identities"][j],

@@ -3,8 +3,9 @@
 Every SecAgg+ public key a node advertises, and the survivor set it agrees to in the consistency
 stage, is signed with the node's identity key. Peers accept a signature only from an identity on
 a roster they got from their operator (in simulation: the launcher; in deployment: the
-certificate tooling in ``deploy/``), never from the server alone. Each signed statement binds the
-run, the round and the signer's node id, so it cannot be replayed for another run, round or node.
+deploy tooling in ``deploy/``), never from the server alone. Each signed statement binds the
+run, the round and the signer's node id (a survivor set also the key epoch and slot), so it
+cannot be replayed for another run, epoch, slot, round or node.
 
 Files: an identity is a PKCS#8 PEM private key written with mode 0600; a roster is JSON,
 ``{"format": "feddistill-secagg-roster/1", "members": {"NAME": "<64 hex digits>", ...}}``.
@@ -52,10 +53,14 @@ def keys_statement(run: int, round: int, node: int, c_pk: bytes, s_pks: bytes) -
     return _DOMAIN + b"keys" + _words(run, round, node) + c_pk + s_pks
 
 
-def survivors_statement(run: int, round: int, node: int, survivors: Sequence[int]) -> bytes:
-    """What a node signs in the consistency stage: the survivor set U3 it was shown (sorted)."""
+def survivors_statement(
+    run: int, epoch: int, slot: int, round: int, node: int, survivors: Sequence[int]
+) -> bytes:
+    """What a node signs in the consistency stage: the survivor set U3 it was shown (sorted),
+    for one slot of one key epoch (the epoch named by its first round) and one round, so a
+    signature made for one (epoch, slot, round) counts for no other."""
     digest = hashlib.sha256(_words(len(survivors), *survivors)).digest()
-    return _DOMAIN + b"survivors" + _words(run, round, node) + digest
+    return _DOMAIN + b"survivors/2" + _words(run, epoch, slot, round, node) + digest
 
 
 class NodeIdentity:
