@@ -73,6 +73,7 @@ from common.secagg.graph import neighbour_graph, neighbours_of, share_points
 from common.secagg.identity import (
     NodeIdentity,
     keys_statement,
+    masking_statement,
     survivors_statement,
     verify,
 )
@@ -168,6 +169,31 @@ def _blobs(request: Mapping[str, object], key: str, count: int) -> list[bytes]:
     if not all(isinstance(v, bytes) for v in value):
         raise SecAggRefusal(f"malformed request: {key!r} must hold bytes")
     return value
+
+
+def _ints(request: Mapping[str, object], key: str, count: int) -> list[int]:
+    """Read a list of ``count`` node ids (repeats allowed) or refuse the request."""
+    value = request.get(key)
+    if not isinstance(value, list) or len(value) != count:
+        raise SecAggRefusal(f"malformed request: {key!r} must be a list of {count} node ids")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise SecAggRefusal(f"malformed request: {key!r} must hold node ids")
+    return value
+
+
+def _connected(graph: Mapping[int, Sequence[int]], nodes: set[int]) -> bool:
+    """Whether the subgraph of ``graph`` on ``nodes`` is connected (an empty set is)."""
+    if not nodes:
+        return True
+    start = min(nodes)
+    seen, frontier = {start}, [start]
+    while frontier:
+        node = frontier.pop()
+        for peer in graph[node]:
+            if peer in nodes and peer not in seen:
+                seen.add(peer)
+                frontier.append(peer)
+    return seen == nodes
 
 
 class SecAggClient:
@@ -563,7 +589,13 @@ class SecAggClient:
         state.round, state.slot, state.masked_round = round_, slot, round_
         state.survivors = []
         state.stage = _STAGE["consistency"]
-        return {"masked": pack_words(masked, modulus_bits)}
+        reply: Payload = {"masked": pack_words(masked, modulus_bits)}
+        if self.authenticated:  # whom it masked with, for the holders' check at unmask
+            statement = masking_statement(
+                state.run, state.epoch, slot, round_, state.node_id, state.held_ids
+            )
+            reply["masking_signature"] = NodeIdentity(state.identity_sk).sign(statement)
+        return reply
 
     def consistency(self, request: Mapping[str, object]) -> Payload:
         """Stage 4: sign the survivor set U3 the server shows, once per slot.
@@ -632,6 +664,7 @@ class SecAggClient:
         self._check_round(request)
         if self.authenticated:
             self._check_consistency(request)
+        self._check_masking(request)
         in_u3 = set(state.survivors)
         slot, slots = state.slot, state.slots
         survivors = [i for i, v in enumerate(state.held_ids) if v in in_u3]
@@ -653,6 +686,62 @@ class SecAggClient:
         else:
             self._end_epoch()
         return reply
+
+    def _check_masking(self, request: Mapping[str, object]) -> None:
+        """Refuse to release shares unless the masks of U3 leave only U3's whole sum open.
+
+        Two rules, each cheap to check here: (1) the neighbour graph restricted to U3 is
+        connected, and (2) this node and every owner of a self-mask share it would release masked
+        with all of its graph neighbours in U3 (an owner's signed masking set, relayed by the
+        server as ``mask_owners`` / ``mask_sizes`` / ``mask_peers`` / ``mask_signatures``).
+        Then every edge of the graph on U3 carries a pairwise mask in both endpoints' inputs; the
+        server learns s_sk only of nodes outside U3, so for any proper subset of U3 the masks on
+        its cut to the rest stay on, and only the sum over all of U3 can be unmasked. Without
+        rule (2) a server that hands each node the ciphertexts of part of its neighbourhood
+        could unmask each part's sum separately.
+        """
+        state = self._state
+        in_u3 = set(state.survivors)
+        graph = neighbour_graph(state.cohort, self.round_params.neighbours, state.graph_seed)
+        if not _connected(graph, in_u3):
+            raise SecAggRefusal(
+                "the neighbour graph restricted to U3 is disconnected: its parts' sums could be "
+                "unmasked separately"
+            )
+        unmasked = sorted((set(graph[state.node_id]) & in_u3) - set(state.held_ids))
+        if unmasked:
+            raise SecAggRefusal(
+                f"U3 lists graph neighbours {unmasked} whose shares this node never received, "
+                "so their inputs and this node's carry no mask between them"
+            )
+        if not self.authenticated:
+            return
+        owners = _ids(request, "mask_owners")
+        sizes = request.get("mask_sizes")
+        if not isinstance(sizes, list) or len(sizes) != len(owners):
+            raise SecAggRefusal("malformed request: 'mask_sizes' must match 'mask_owners'")
+        peers = _ints(request, "mask_peers", sum(_int({"n": n}, "n") for n in sizes))
+        signatures = _blobs(request, "mask_signatures", len(owners))
+        claimed, start = {}, 0
+        for owner, size, signature in zip(owners, sizes, signatures, strict=True):
+            claimed[owner] = (peers[start : start + size], signature)
+            start += size
+        identities = dict(zip(state.held_ids, state.peer_identities, strict=True))
+        for owner in (v for v in state.held_ids if v in in_u3):
+            if owner not in claimed:
+                raise SecAggRefusal(f"no signed masking set of node {owner}, whose share it asks")
+            owner_peers, signature = claimed[owner]
+            statement = masking_statement(
+                state.run, state.epoch, state.slot, state.round, owner, owner_peers
+            )
+            if not verify(identities[owner], signature, statement):
+                raise SecAggRefusal(f"the masking set of node {owner} does not verify")
+            missing = sorted((set(graph[owner]) & in_u3) - set(owner_peers))
+            if missing:
+                raise SecAggRefusal(
+                    f"node {owner} did not mask with its graph neighbours {missing} in U3: "
+                    "releasing its self-mask shares would open a sub-group's sum"
+                )
 
     def _check_signers(self, ids: list[int], identities: list[bytes]) -> None:
         """Refuse identities that are off the roster, repeated, or this node's own."""

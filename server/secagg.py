@@ -169,6 +169,8 @@ class SecAggServer:
         self._aborted = False
         self._members: list[int] = []  # U2 after pruning: who masks in every round
         self._delivered: set[int] = set()  # nodes that have their neighbours' shares
+        self._masking_peers: dict[int, list[int]] = {}  # node -> the neighbours it masks with
+        self._masking_signatures: dict[int, bytes] = {}  # node -> its signature, this round
         self._cohort = sorted(cohort)
         self._params = params
         self._length = vector_length
@@ -418,6 +420,8 @@ class SecAggServer:
     def _masked_input_request(self, node: int) -> Payload:
         """Round and slot, with the shares addressed to ``node`` until it has answered once."""
         senders = [] if node in self._delivered else self._alive_neighbours(node, "masked-input")
+        if node not in self._delivered:
+            self._masking_peers[node] = senders  # whom the node masks with, this epoch
         return {
             "round": self._round,
             "slot": self._slot,
@@ -425,16 +429,22 @@ class SecAggServer:
             "blobs": [self._inbox[node][sender] for sender in senders],
         }
 
-    def _parse_masked_input(self, node: int, reply: Mapping[str, object]) -> np.ndarray:
-        """The (L,) uint64 masked input, unpacked from its m-bit words."""
+    def _parse_masked_input(
+        self, node: int, reply: Mapping[str, object]
+    ) -> tuple[np.ndarray, bytes]:
+        """The (L,) uint64 masked input, unpacked from its m-bit words, and the node's
+        signature over whom it masked with (empty without identities)."""
         masked = reply.get("masked")
         if not isinstance(masked, np.ndarray):
             raise ValueError("'masked' must be an array of packed words")
-        return unpack_words(masked, self._length, self._params.modulus_bits)
+        signature = _optional_blob(reply, "masking_signature", SIGNATURE_BYTES)
+        return unpack_words(masked, self._length, self._params.modulus_bits), signature
 
-    def _accept_masked_input(self, masked_inputs: dict[int, np.ndarray]) -> list[int]:
-        for masked in masked_inputs.values():
+    def _accept_masked_input(self, masked_inputs: dict[int, tuple[np.ndarray, bytes]]) -> list[int]:
+        self._masking_signatures = {}
+        for node, (masked, signature) in masked_inputs.items():
             self._masked_sum += masked  # (L,) uint64, wraps mod 2^64
+            self._masking_signatures[node] = signature
         self._delivered.update(masked_inputs)
         return sorted(masked_inputs)
 
@@ -466,11 +476,16 @@ class SecAggServer:
 
     def _unmask_request(self, node: int) -> Payload:
         signers = sorted(self._consistency)
+        owners, _ = self._unmask_lists(node)  # whose self-mask shares the node releases
         return {
             "round": self._round,
             "signers": signers,
             "identities": [self._adverts[v].identity for v in signers],
             "signatures": [self._consistency[v] for v in signers],
+            "mask_owners": owners,
+            "mask_sizes": [len(self._masking_peers[v]) for v in owners],
+            "mask_peers": [peer for v in owners for peer in self._masking_peers[v]],
+            "mask_signatures": [self._masking_signatures[v] for v in owners],
         }
 
     def _parse_unmask(self, node: int, reply: Mapping[str, object]) -> _Unmasked:

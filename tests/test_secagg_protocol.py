@@ -749,7 +749,8 @@ def test_packed_sum_at_odd_widths_equals_the_integer_sum_with_dropouts(modulus_b
 @pytest.mark.parametrize("modulus_bits", [13, 21, 29])
 def test_masked_reply_bytes_are_the_packed_words_plus_a_constant(modulus_bits: int) -> None:
     # What a masked-input reply costs on the wire (Flower's own byte count): ⌈L·m/8⌉ bytes of
-    # packed words plus 134 bytes whatever L: the array's 128-byte .npy header and its key.
+    # packed words plus 215 bytes whatever L: the array's 128-byte .npy header and its key
+    # (134), and the 64-byte signature of whom the node masked with and its key (81).
     overheads = []
     for length in (64, 1001, 32_001):
         policy = SecAggParams(frac_bits=modulus_bits - 5, modulus_bits=modulus_bits)
@@ -760,7 +761,7 @@ def test_masked_reply_bytes_are_the_packed_words_plus_a_constant(modulus_bits: i
         content = RecordDict({SECAGG_CONFIG: config, SECAGG_ARRAYS: arrays})
         overheads.append(payload_bytes(content) - packed_size(length, modulus_bits))
 
-    assert overheads == [134, 134, 134]
+    assert overheads == [215, 215, 215]
 
 
 # --- key epochs: set-up once, then R rounds --------------------------------------------------
@@ -935,3 +936,96 @@ def rebuild(deployment: Deployment, round_: int, owner: int, kind: str) -> bytes
             ys.append(share_from_bytes(shares[owner]))
     t = deployment.params.threshold
     return combine(xs[:t], ys[:t]).to_bytes(32, "big")
+
+
+# --- split neighbourhoods: the server hands each node part of its neighbours' shares ----------
+
+
+def _split_keeping_threshold(graph: dict[int, list[int]], threshold: int) -> set[int]:
+    """A side A of a cut of ``graph`` in which every node keeps >= t - 1 graph neighbours on its
+    own side, so every per-node count check passes when each node gets only its side's shares
+    (found by seeded local search; the test's graph has one)."""
+    nodes = sorted(graph)
+    rng = random.Random(0)
+    for _ in range(20_000):
+        side = {v: rng.random() < 0.5 for v in nodes}
+        for _ in range(50):
+            short = [v for v in nodes if sum(side[w] == side[v] for w in graph[v]) < threshold - 1]
+            if not short:
+                break
+            flipped = rng.choice(short)
+            side[flipped] = not side[flipped]
+        short = [v for v in nodes if sum(side[w] == side[v] for w in graph[v]) < threshold - 1]
+        chosen = {v for v in nodes if side[v]}
+        if not short and 3 <= len(chosen) <= len(nodes) - 3:
+            return chosen
+    raise AssertionError("no threshold-keeping cut found")
+
+
+@pytest.mark.parametrize("min_contributors", [0, 20], ids=["no-dp", "dp"])
+@pytest.mark.parametrize("relayed", ["true-sets", "claimed-sets"])
+def test_a_split_neighbourhood_at_masked_input_opens_no_sub_group_sum(
+    min_contributors: int, relayed: str
+) -> None:
+    # Prepare: 20 nodes, k = 6, t = 4. At the first masked input the server hands each node only
+    # the ciphertexts of the neighbours on its side of a cut; every count check still passes.
+    policy = SecAggParams(neighbours=6, threshold=4)
+    deployment = Deployment(20, policy=policy, min_contributors=min_contributors)
+    deployment.run_to("masked-input")
+    side_a = _split_keeping_threshold(deployment.graph, deployment.params.threshold)
+    side_b = set(deployment.cohort) - side_a
+    same_side = {v: side_a if v in side_a else side_b for v in deployment.cohort}
+    kept: dict[int, list[int]] = {}
+    replies = {}
+    for node, request in deployment.server.requests().items():
+        keep = [i for i, v in enumerate(request["ids"]) if v in same_side[node]]
+        kept[node] = [request["ids"][i] for i in keep]
+        split = {**request, "ids": kept[node], "blobs": [request["blobs"][i] for i in keep]}
+        replies[node] = deployment.ask(node, split)
+    deployment.server.receive(replies)
+    deployment.step()  # consistency: every node signs U3 = the whole cohort
+
+    # Execute: unmask, with the masking sets the nodes really signed ("true-sets") or with the
+    # full neighbourhoods the server claims ("claimed-sets").
+    released, refused = {}, {}
+    for node, request in deployment.server.requests().items():
+        if relayed == "true-sets":
+            owners = request["mask_owners"]
+            request = {
+                **request,
+                "mask_sizes": [len(kept[v]) for v in owners],
+                "mask_peers": [peer for v in owners for peer in kept[v]],
+            }
+        try:
+            released[node] = deployment.ask(node, request)
+        except SecAggRefusal as refusal:
+            refused[node] = str(refusal)
+
+    # Assert: no node on the cut gets its self mask released by anyone, and both sides hold
+    # such a node, so neither side's sum (nor the whole one) can be unmasked.
+    boundary = {v for v in deployment.cohort if set(deployment.graph[v]) - same_side[v]}
+    opened = {owner for reply in released.values() for owner in reply["b_ids"]}
+    assert boundary and not boundary & opened
+    assert boundary & side_a and boundary - side_a
+    assert boundary <= set(refused)
+    expected = "does not verify" if relayed == "claimed-sets" else "did not mask with"
+    assert any(expected in reason for reason in refused.values())
+    assert any("never received" in reason for reason in refused.values())
+
+
+def test_a_survivor_graph_in_two_parts_is_refused_at_unmask() -> None:
+    # Prepare: the server claims U3 = two groups with no graph edge between them (it may drop
+    # whom it likes, so it could drop a vertex cut and keep the parts apart).
+    deployment = Deployment(20, policy=SecAggParams(neighbours=4, threshold=3))
+    deployment.run_to("consistency")
+    graph = deployment.graph
+    node = deployment.cohort[0]
+    near = {node, *graph[node]}
+    far = next(v for v in deployment.cohort if v not in near and not set(graph[v]) & near)
+    survivors = sorted(near | {far})
+    deployment.ask(node, {"round": ROUND, "survivors": survivors}, "consistency")
+    request = {"round": ROUND, "mask_owners": [], "mask_sizes": [], "mask_peers": []}
+
+    # Execute / Assert: the rule the unmask stage applies before any share leaves.
+    with pytest.raises(SecAggRefusal, match="restricted to U3 is disconnected"):
+        deployment.client(node)._check_masking({**request, "mask_signatures": []})

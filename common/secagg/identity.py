@@ -63,6 +63,17 @@ def survivors_statement(
     return _DOMAIN + b"survivors/2" + _words(run, epoch, slot, round, node) + digest
 
 
+def masking_statement(
+    run: int, epoch: int, slot: int, round: int, node: int, peers: Sequence[int]
+) -> bytes:
+    """What a node signs with its masked input: the neighbours it masked with (its share
+    holders, sorted) in one slot of one key epoch and round. Holders check it before they
+    release the node's self-mask shares, so the server cannot have a node mask with only part
+    of its neighbourhood and then unmask a sub-group's sum."""
+    digest = hashlib.sha256(_words(len(peers), *sorted(peers))).digest()
+    return _DOMAIN + b"masking" + _words(run, epoch, slot, round, node) + digest
+
+
 class NodeIdentity:
     """One node's Ed25519 signing key. Its repr never shows the private key.
 
