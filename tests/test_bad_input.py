@@ -534,10 +534,16 @@ def test_cli_exit_code_follows_the_summary(tmp_path, monkeypatch, capsys):
             "  File 'x.py', line 3\nValueError: injected crash\n\n",
             "ValueError: injected crash",
         ),
+        (
+            "<class 'flwr.clientapp.client_app.ClientAppException'>:<'ray::ClientAppActor.run()"
+            "\n  File 'ray_actor.py', line 65\nflwr.clientapp.client_app.ClientAppException: "
+            "\nException ClientAppException occurred. Message: injected crash'>",
+            "injected crash",
+        ),
         ("a plain   reason\n", "a plain reason"),
         ("\n  \n", "no reason given"),
     ],
-    ids=["traceback", "ray", "plain", "empty"],
+    ids=["traceback", "ray", "flower", "plain", "empty"],
 )
 def test_a_client_error_is_recorded_as_one_line(reason, expected):
     assert error_summary(reason) == expected
