@@ -50,6 +50,7 @@ client signs nothing and checks no signatures: that is the honest-but-curious pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,13 @@ def _ints(request: Mapping[str, object], key: str, count: int) -> list[int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
         raise SecAggRefusal(f"malformed request: {key!r} must hold node ids")
     return value
+
+
+@functools.lru_cache(maxsize=8)
+def _graph(cohort: tuple[int, ...], neighbours: int, seed: int) -> dict[int, list[int]]:
+    """The round's neighbour graph, built once per process for both unmask checks (clients of
+    one cohort in one process share it)."""
+    return neighbour_graph(list(cohort), neighbours, seed)
 
 
 def _connected(graph: Mapping[int, Sequence[int]], nodes: set[int]) -> bool:
@@ -702,7 +710,7 @@ class SecAggClient:
         """
         state = self._state
         in_u3 = set(state.survivors)
-        graph = neighbour_graph(state.cohort, self.round_params.neighbours, state.graph_seed)
+        graph = _graph(tuple(state.cohort), self.round_params.neighbours, state.graph_seed)
         if not _connected(graph, in_u3):
             raise SecAggRefusal(
                 "the neighbour graph restricted to U3 is disconnected: its parts' sums could be "
@@ -783,7 +791,7 @@ class SecAggClient:
                 f"nodes {switched} sign U3 with other identities than their keys were signed with"
             )
         params = self.round_params
-        graph = neighbour_graph(state.cohort, params.neighbours, state.graph_seed)
+        graph = _graph(tuple(state.cohort), params.neighbours, state.graph_seed)
         owners = [*state.held_ids, state.node_id]
         # The holders of the owners' shares matter; with DP on, every signer counts.
         relevant = {v for owner in owners for v in (*graph[owner], owner)}
