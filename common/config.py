@@ -9,6 +9,7 @@ once and names the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -159,7 +160,12 @@ class RunConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; allowed keys: {sorted(known)}")
+            guesses = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+            hints = [f"{key!r} → {match[0]!r}" for key, match in guesses.items() if match]
+            hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+            raise ValueError(
+                f"unknown config key(s) {unknown}{hint}; allowed keys: {sorted(known)}"
+            )
         coerced = {key: _coerce(key, value, known[key].type) for key, value in values.items()}
         config = cls(**coerced)
         config.validate()

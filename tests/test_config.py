@@ -65,7 +65,10 @@ def test_from_mapping_coerces_cli_strings_to_field_types():
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"tempreature": 2.0}, ["unknown config key(s) ['tempreature']", "'temperature'"]),
+        (
+            {"tempreature": 2.0},
+            ["unknown config key(s) ['tempreature']; did you mean 'tempreature' → 'temperature'?"],
+        ),
         ({"temperature": 0}, ["temperature must be > 0, got 0.0"]),
         ({"temperature": -1.5}, ["temperature must be > 0, got -1.5"]),
         ({"dirichlet_alpha": 0}, ["dirichlet_alpha must be > 0, got 0.0"]),
