@@ -199,3 +199,13 @@ def test_scale_samples_a_cohort_and_measures_memory(root: Path) -> None:
     assert row["peak_pss_gib"] > 0 and row["peak_processes"] > 3  # the simulation's processes
     assert row["secagg_compute_s"] > 0
     assert "| 4 | 3 |" in (out / "scale.md").read_text()
+
+
+def test_first_seed_shifts_the_repetitions_and_is_checked(tmp_path: Path) -> None:
+    spec = cli.load_suite("quality")
+
+    bench = make_bench(spec, {}, tmp_path, seeds=2, first_seed=1)
+
+    assert bench.seeds == (1, 2)
+    with pytest.raises(ValueError, match="--first-seed must be >= 0, got -1"):
+        make_bench(spec, {}, tmp_path, seeds=2, first_seed=-1)

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root folder")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="repetitions (seeds)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seed of the first repetition (default 0): --first-seed 1 --seeds 2 runs seeds 1, 2",
+    )
     parser.add_argument("--tiny", action="store_true", help="the suite's smallest setting")
     parser.set_defaults(handler=run_command)
     return parser
@@ -55,7 +61,9 @@ def run_command(args: argparse.Namespace) -> int:
     from simulations.cli import parse_overrides
 
     spec = load_suite(args.suite)
-    bench = make_bench(spec, parse_overrides(args.set), args.out, args.seeds, args.tiny)
+    bench = make_bench(
+        spec, parse_overrides(args.set), args.out, args.seeds, args.tiny, args.first_seed
+    )
     bench.step(f"{spec.summary}; seeds {list(bench.seeds)}; output {bench.out_dir}")
     spec.run(bench)
     print(f"results: {bench.out_dir}", flush=True)

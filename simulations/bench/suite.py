@@ -86,6 +86,7 @@ def make_bench(
     root: Path,
     seeds: int = DEFAULT_SEEDS,
     tiny: bool = False,
+    first_seed: int = 0,
 ) -> Bench:
     """Resolve a suite's settings: full-size defaults, then `--tiny`, then `--set` overrides.
 
@@ -94,15 +95,18 @@ def make_bench(
     spec : the suite.
     overrides : `--set` pairs; knob names first, then run-config keys.
     root : the `--out` folder.
-    seeds : number of repetitions (seeds 0 … seeds−1).
+    seeds : number of repetitions (seeds first_seed … first_seed + seeds − 1).
     tiny : start from the suite's smallest setting.
+    first_seed : the seed of the first repetition (>= 0).
 
     Raises
     ------
-    ValueError : an unknown key, a value of the wrong type, or seeds < 1.
+    ValueError : an unknown key, a value of the wrong type, seeds < 1 or first_seed < 0.
     """
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
     requested = {**(spec.tiny if tiny else {}), **overrides}
     knobs = dict(spec.knobs)
     config_values = dict(spec.config)
@@ -127,7 +131,7 @@ def make_bench(
         suite=spec.name,
         config=config,
         knobs=knobs,
-        seeds=tuple(range(seeds)),
+        seeds=tuple(range(first_seed, first_seed + seeds)),
         root=root.expanduser().resolve(),
         settings=settings,
     )
