@@ -597,13 +597,13 @@ class SecAggClient:
         state.round, state.slot, state.masked_round = round_, slot, round_
         state.survivors = []
         state.stage = _STAGE["consistency"]
-        reply: Payload = {"masked": pack_words(masked, modulus_bits)}
-        if self.authenticated:  # whom it masked with, for the holders' check at unmask
+        signature = b""  # whom it masked with, for the holders' check at unmask
+        if self.authenticated:
             statement = masking_statement(
                 state.run, state.epoch, slot, round_, state.node_id, state.held_ids
             )
-            reply["masking_signature"] = NodeIdentity(state.identity_sk).sign(statement)
-        return reply
+            signature = NodeIdentity(state.identity_sk).sign(statement)
+        return {"masked": pack_words(masked, modulus_bits), "masking_signature": signature}
 
     def consistency(self, request: Mapping[str, object]) -> Payload:
         """Stage 4: sign the survivor set U3 the server shows, once per slot.
