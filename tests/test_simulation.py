@@ -158,7 +158,8 @@ def smoke_data(root) -> None:
 @pytest.fixture(scope="module")
 def role_files(root, smoke_data) -> dict[str, str]:
     """The smoke config's private, public and test pools as three files, the public one x-only:
-    the run-config values of a federation whose roles each have their own source."""
+    the run-config values of a federation whose roles each have their own source (with less
+    training)."""
     splits = load_splits(RunConfig.from_mapping(_smoke_values(root)))
     paths = {role: root / "roles" / f"{role}.npz" for role in ("private", "public", "test")}
     save_npz(paths["private"], splits.private_x, splits.private_y)
@@ -168,6 +169,10 @@ def role_files(root, smoke_data) -> dict[str, str]:
         "dataset": f"npz:{paths['private']}",
         "public_dataset": f"npz:{paths['public']}",
         "test_dataset": f"npz:{paths['test']}",
+        # What is under test is the data path and the engines' agreement, not accuracy: less
+        # compute keeps the three side-by-side runs from crowding two cores.
+        "local_epochs": 2,
+        "distill_epochs": 8,
     }
 
 
