@@ -173,12 +173,12 @@ def _blobs(request: Mapping[str, object], key: str, count: int) -> list[bytes]:
 
 
 def _ints(request: Mapping[str, object], key: str, count: int) -> list[int]:
-    """Read a list of ``count`` node ids (repeats allowed) or refuse the request."""
+    """Read a list of ``count`` non-negative integers (repeats allowed) or refuse the request."""
     value = request.get(key)
     if not isinstance(value, list) or len(value) != count:
-        raise SecAggRefusal(f"malformed request: {key!r} must be a list of {count} node ids")
+        raise SecAggRefusal(f"malformed request: {key!r} must be a list of {count} integers")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise SecAggRefusal(f"malformed request: {key!r} must hold node ids")
+        raise SecAggRefusal(f"malformed request: {key!r} must hold non-negative integers")
     return value
 
 
@@ -725,10 +725,8 @@ class SecAggClient:
         if not self.authenticated:
             return
         owners = _ids(request, "mask_owners")
-        sizes = request.get("mask_sizes")
-        if not isinstance(sizes, list) or len(sizes) != len(owners):
-            raise SecAggRefusal("malformed request: 'mask_sizes' must match 'mask_owners'")
-        peers = _ints(request, "mask_peers", sum(_int({"n": n}, "n") for n in sizes))
+        sizes = _ints(request, "mask_sizes", len(owners))
+        peers = _ints(request, "mask_peers", sum(sizes))
         signatures = _blobs(request, "mask_signatures", len(owners))
         claimed, start = {}, 0
         for owner, size, signature in zip(owners, sizes, signatures, strict=True):

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from common.config import RunConfig
-from common.data import load_splits
+from common.data import cache_dir, load_splits
 from common.data_sources import Mnist1dSettings, generate_mnist1d
 from common.files import save_npz
 from common.training import resolve_device
@@ -109,7 +109,7 @@ def write_role_files(config: RunConfig, directory: Path) -> dict[str, Path]:
     save_npz(paths["test"], splits.test_x, splits.test_y)
     save_npz(paths["split"], splits.public_x, splits.public_y)
     save_npz(paths["shift"], shifted.public_x, shifted.public_y)
-    data_dir = Path(config.data_dir or "~/.cache/feddistill").expanduser()
+    data_dir = cache_dir(config)
     size = len(splits.public_x)
     other_x, _ = generate_mnist1d(
         data_dir, Mnist1dSettings(n=size, seed=config.seed + OTHER_SEED_OFFSET, **OTHER_SETTING)
