@@ -34,6 +34,7 @@ from flwr.supernode.start_client_internal import _verify_fab as verify_fab
 from common.config import RunConfig
 from common.data import load_splits
 from common.files import save_npz
+from common.secagg.identity import Roster
 from deploy import cli as deploy_cli
 from deploy.app_registry import AppRegistry
 from deploy.app_signing import (
@@ -420,3 +421,28 @@ def test_supernode_runs_only_apps_signed_by_a_key_it_trusts(tmp_path: Path) -> N
     assert "App verification is not supported by the connected SuperLink" in supernode_log
     assert supernode_log.count("FAB verification failed") == 2
     assert _leftover_processes(workdir) == []
+
+
+def test_node_identities_roster_and_per_host_data_through_the_cli(tmp_path: Path, capsys) -> None:
+    # Execute: two nodes make their identities, the operator builds the roster and the data.
+    for name in ("site-a", "site-b"):
+        assert (
+            deploy_cli.main(
+                ["deploy", "node-identity", "--out", str(tmp_path / name), "--name", name]
+            )
+            == 0
+        )
+    publics = [str(tmp_path / n / f"{n}.secagg.pub") for n in ("site-a", "site-b")]
+    roster = tmp_path / "roster.json"
+    assert deploy_cli.main(["deploy", "roster", "--out", str(roster), *publics]) == 0
+    again = deploy_cli.main(["deploy", "roster", "--out", str(roster), *publics])
+    data_args = ["--config", "smoke", "--set", f"data_dir={tmp_path / 'cache'}", "--nodes", "2"]
+    assert deploy_cli.main(["deploy", "data", *data_args, "--out", str(tmp_path / "hosts")]) == 0
+
+    # Assert
+    output = capsys.readouterr()
+    fingerprint = Roster.load(roster).fingerprint()
+    assert f"secagg-roster-sha256={fingerprint}" in output.out
+    assert again == 2 and "refusing to overwrite" in output.err
+    assert "public-path='" in output.out and "test_dataset='npz:" in output.out
+    assert sorted(p.name for p in (tmp_path / "hosts").iterdir()) == ["node-0", "node-1", "server"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from client import app as client_app
 from client.secagg_handlers import (
@@ -371,3 +371,13 @@ def test_a_node_made_identity_and_a_pinned_roster_fingerprint_gate_secure_rounds
     assert "PRIVATE" not in public.read_text()
     with pytest.raises(ValueError, match="refusing to overwrite"):
         create_node_identity(tmp_path / "site-0", "site-0")
+
+
+def test_a_node_refuses_a_describe_message_without_the_class_count(tmp_path: Path) -> None:
+    nodes = Nodes(tmp_path, data_dir=str(tmp_path / "data"), num_samples=1200)
+    node = NODE_IDS[0]
+    message = nodes.message(node, 1, "describe", {})
+    message.content[ROUND_RECORD] = ConfigRecord({"public_hash": "0" * 64})
+
+    with pytest.raises(ValueError, match="names no num_classes: the ServerApp runs another"):
+        client_app.describe(message, nodes.contexts[node])
